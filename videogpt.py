@@ -1,0 +1,784 @@
+"""
+VideoGPT in one file: a VQ-VAE that compresses video into a grid of discrete codes, and a GPT prior over the codes.
+
+    Yan, Zhang, Abbeel, Srinivas 2021, "VideoGPT: Video Generation using VQ-VAE and Transformers" (arXiv 2104.10157)
+    van den Oord et al. 2017, "Neural Discrete Representation Learning" (VQ-VAE, EMA codebook in its appendix)
+    Yu et al. 2023, "MAGVIT: Masked Generative Video Transformer" (masked parallel decoding, `causal=False`)
+
+This is a rewrite, not a port, of the original code (github.com/wilson1yan/VideoGPT). Where it departs from it:
+GroupNorm instead of BatchNorm, learned position embeddings in the VQ-VAE's axial attention (the paper has them, the
+code did not), every power-of-2 downsampling builds, a measured data variance instead of `/ 0.06`, a distributed-safe
+EMA codebook kept in fp32, `F.scaled_dot_product_attention` with a KV cache, and a plain PyTorch training loop.
+
+Axis legend used in every shape comment:
+    B batch, C channels, T/H/W video frames/height/width, t/h/w latent grid, L = t*h*w tokens,
+    D width (channels of the VQ-VAE trunk, or transformer width), E codebook vector size, K number of codes,
+    S conditioning tokens, nh heads, hd = D // nh head size.
+Videos are float tensors (B, C, T, H, W) in [-0.5, 0.5]; codes are int64 (B, t, h, w).
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from einops import rearrange
+
+# ------------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _is_dist():
+    return dist.is_available() and dist.is_initialized()
+
+
+def attention(q, k, v, causal=False, dropout_p=0.0, fast=True):
+    """Multi-head attention. q (..., Lq, hd), k and v (..., Lk, hd) -> (..., Lq, hd).
+
+    With `causal`, query i may see keys j <= i + (Lk - Lq): the queries are the last Lq positions of the sequence,
+    which is what a KV cache needs when it feeds in more than one new token at a time.
+    """
+    if fast:  # fused kernel (flash / memory-efficient); never materialises the Lq x Lk matrix
+        offset_causal = causal and q.shape[-2] != k.shape[-2]
+        if not offset_causal:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
+    # The reference: softmax(q k^T / sqrt(hd)) v, written out (Vaswani et al. 2017, eq. 1).
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (..., Lq, Lk)
+    if causal:
+        Lq, Lk = q.shape[-2], k.shape[-2]
+        i = torch.arange(Lq, device=q.device)[:, None] + (Lk - Lq)
+        j = torch.arange(Lk, device=q.device)[None, :]
+        att = att.masked_fill(j > i, float('-inf'))  # built on the fly: no L x L buffer to keep in memory
+    att = F.dropout(att.softmax(dim=-1), dropout_p)
+    return att @ v
+
+
+def Norm(channels):
+    # GroupNorm, not the original's BatchNorm: BatchNorm's batch statistics are noisy at the 1-8 videos per GPU that
+    # fit at 64x64x16, and its running averages make eval differ from train. GroupNorm normalises each sample on its
+    # own, so train and eval compute the same function at any batch size. 32 groups is the standard (Wu & He 2018);
+    # narrower trunks get fewer groups so that every group still holds channels.
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+class AxisPositionEmbedding(nn.Module):
+    """Learned spatio-temporal position embeddings: one table per axis, broadcast and summed -> (t, h, w, D)."""
+
+    def __init__(self, shape, dim):
+        super().__init__()
+        self.tables = nn.ParameterList([nn.Parameter(torch.randn(n, dim) * 0.02) for n in shape])
+
+    def forward(self):
+        t, h, w = self.tables
+        return t[:, None, None] + h[None, :, None] + w[None, None, :]  # (t, h, w, D)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# VQ-VAE building blocks (paper section 3.1, figure 4)
+
+
+def down_conv(c_in, c_out, stride):
+    # "Same" padding for a 2x downsample is a kernel of 4 with 1 pixel each side: (n + 2 - 4) / 2 + 1 = n / 2.
+    # Axes that keep their size use a kernel of 3 with 1 pixel each side. Symmetric padding lets nn.Conv3d pad for
+    # us; the original padded asymmetrically by hand and could not build a factor of 1 on any axis.
+    kernel = tuple(4 if s == 2 else 3 for s in stride)
+    return nn.Conv3d(c_in, c_out, kernel, stride, padding=1)
+
+
+def up_conv(c_in, c_out, stride):
+    # The transposed mirror of down_conv: kernel 4 / stride 2 / padding 1 doubles an axis exactly.
+    kernel = tuple(4 if s == 2 else 3 for s in stride)
+    return nn.ConvTranspose3d(c_in, c_out, kernel, stride, padding=1)
+
+
+class AxialAttention(nn.Module):
+    """Multi-head self-attention along t, along h and along w of a (B, D, t, h, w) volume, summed."""
+
+    def __init__(self, dim, n_head):
+        super().__init__()
+        self.n_head = n_head
+        # Each axis has its own query, key and value projections, as in the original code; the three are stored as
+        # one Linear because one (D -> 9D) matmul is faster than three small ones. Likewise one projection of the
+        # concatenated outputs equals the sum of three per-axis output projections.
+        self.qkv = nn.Linear(dim, 9 * dim)
+        self.proj = nn.Linear(3 * dim, dim)
+
+    def forward(self, x):
+        B, D, t, h, w = x.shape
+        qkv = self.qkv(rearrange(x, 'B D t h w -> B t h w D')).chunk(3, dim=-1)  # 3 x (B, t, h, w, 3D)
+        outs = []
+        # Attention along one axis is attention over a batch of 1-D sequences: move the axis next to the channels
+        # and fold the other two into the batch. Sequences are short (8-32), so the explicit softmax beats the fused
+        # kernel here on CPU (measured: 29 vs 43 ms per layer at the benchmark size).
+        for axis, qkv_axis in zip('thw', qkv):
+            rest = ' '.join(a for a in 'thw' if a != axis)
+            q, k, v = rearrange(qkv_axis, f'B t h w (three nh hd) -> three (B {rest}) nh {axis} hd',
+                                three=3, nh=self.n_head)
+            y = attention(q, k, v, fast=x.is_cuda)
+            outs.append(rearrange(y, f'(B {rest}) nh {axis} hd -> B t h w (nh hd)', B=B, t=t, h=h, w=w))
+        y = self.proj(torch.cat(outs, dim=-1))  # (B, t, h, w, D)
+        return rearrange(y, 'B t h w D -> B D t h w')
+
+
+class AttentionResidualBlock(nn.Module):
+    """x + f(x) with f = norm-ReLU-conv3-norm-ReLU-conv1-norm-ReLU-axial attention (figure 4). (B, D, t, h, w)."""
+
+    def __init__(self, dim, n_head, axial_attention):
+        super().__init__()
+        self.conv = nn.Sequential(
+            Norm(dim), nn.ReLU(), nn.Conv3d(dim, dim // 2, 3, padding=1),  # a bottleneck to half the width,
+            Norm(dim // 2), nn.ReLU(), nn.Conv3d(dim // 2, dim, 1),       # as in the original code
+            Norm(dim), nn.ReLU())
+        self.attn = AxialAttention(dim, n_head) if axial_attention else None
+
+    def forward(self, x, pos):
+        h = self.conv(x)
+        if self.attn is not None:
+            h = h + rearrange(pos, 't h w D -> D t h w')
+            if torch.is_grad_enabled():
+                h = torch.utils.checkpoint.checkpoint(self.attn, h, use_reentrant=False)
+            else:
+                h = self.attn(h)
+        return x + h
+
+
+class Encoder(nn.Module):
+    """(B, C, T, H, W) video, (t, h, w, D) position embeddings -> (B, D, t, h, w), each axis downsampled by 2^k."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        D, n_down = cfg.n_hiddens, [int(math.log2(d)) for d in cfg.downsample]
+        # Stage i halves every axis that still needs halving; the first stage reads the video's C channels directly,
+        # because a full-resolution conv at width D would cost more than the rest of the encoder together.
+        convs, c_in = [], cfg.in_channels
+        for i in range(max(n_down)):
+            convs.append(down_conv(c_in, D, tuple(2 if i < n else 1 for n in n_down)))
+            c_in = D
+        convs.append(nn.Conv3d(c_in, D, 3, padding=1))  # the only conv when nothing is downsampled
+        self.convs = nn.ModuleList(convs)
+        self.blocks = nn.ModuleList([AttentionResidualBlock(D, cfg.n_head, cfg.axial_attention)
+                                     for _ in range(cfg.n_res_layers)])
+        self.out = nn.Sequential(Norm(D), nn.ReLU())
+
+    def forward(self, x, pos):
+        for conv in self.convs[:-1]:
+            x = F.relu(conv(x))
+        x = self.convs[-1](x)
+        for block in self.blocks:
+            x = block(x, pos)
+        return self.out(x)
+
+
+class Decoder(nn.Module):
+    """(B, D, t, h, w), (t, h, w, D) position embeddings -> (B, C, T, H, W): the encoder mirrored, transposed."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        D, n_up = cfg.n_hiddens, [int(math.log2(d)) for d in cfg.downsample]
+        self.blocks = nn.ModuleList([AttentionResidualBlock(D, cfg.n_head, cfg.axial_attention)
+                                     for _ in range(cfg.n_res_layers)])
+        self.norm = nn.Sequential(Norm(D), nn.ReLU())
+        stages, n = [], max(n_up)
+        for i in range(n):
+            # Upsample the axes whose factor is largest first, so stage i mirrors encoder stage n - 1 - i.
+            stride = tuple(2 if n - i <= m else 1 for m in n_up)
+            stages.append(up_conv(D, cfg.in_channels if i == n - 1 else D, stride))
+        if n == 0:
+            stages.append(nn.Conv3d(D, cfg.in_channels, 3, padding=1))
+        self.convs = nn.ModuleList(stages)
+
+    def forward(self, x, pos):
+        for block in self.blocks:
+            x = block(x, pos)
+        x = self.norm(x)
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if i < len(self.convs) - 1:
+                x = F.relu(x)
+        return x
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The EMA codebook (van den Oord et al. 2017, appendix A.1)
+
+
+class EMACodebook(nn.Module):
+    """Nearest-neighbour quantiser. (B, E, t, h, w) -> quantised (B, E, t, h, w), codes (B, t, h, w), losses.
+
+    The codebook is buffers, not parameters: no optimizer touches it. In train mode each forward moves every code
+    toward the mean of the encoder outputs assigned to it, by exponential moving averages of the counts N_k and the
+    sums m_k (e_k = m_k / N_k). Eval mode changes no buffer.
+    """
+
+    def __init__(self, n_codes, dim, decay=0.99, dead_threshold=1.0, eps=1e-5):
+        super().__init__()
+        self.n_codes, self.decay, self.dead_threshold, self.eps = n_codes, decay, dead_threshold, eps
+        self.register_buffer('embeddings', torch.randn(n_codes, dim))  # (K, E)
+        self.register_buffer('cluster_size', torch.zeros(n_codes))    # EMA of N_k
+        self.register_buffer('embed_sum', torch.randn(n_codes, dim))   # EMA of m_k
+        # A buffer, so it is saved in the state dict: a reloaded model never initialises a second time.
+        self.register_buffer('initialized', torch.tensor(False))
+
+    def nearest(self, flat):
+        """(N, E) fp32 vectors -> (N,) index of the nearest code."""
+        # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; ||z||^2 is the same for every code, so it drops out of the argmin,
+        # and the (N, K, E) difference tensor is never built.
+        with torch.no_grad():  # an argmin has no gradient: keep the (N, K) distances out of the autograd graph
+            return (self.embeddings.pow(2).sum(1) - 2 * flat @ self.embeddings.t()).argmin(1)
+
+    def _random_rows(self, z, n):
+        # n rows of z drawn at random (with replacement when z has fewer rows), chosen on rank 0 and broadcast, so
+        # every rank gets the same replacement codes and the buffers stay identical across ranks.
+        rows = z[torch.randint(0, z.shape[0], (n,), device=z.device)]
+        if _is_dist():
+            dist.broadcast(rows, 0)
+        return rows
+
+    @torch.no_grad()
+    def _ema_update(self, z, codes):
+        # Initialise from the first training batch's encoder outputs, so that every code starts in the data's range
+        # (random init far from the data leaves most codes dead from step one).
+        if not self.initialized:
+            self.embeddings.copy_(self._random_rows(z, self.n_codes))
+            self.embed_sum.copy_(self.embeddings)
+            self.cluster_size.fill_(1.0)
+            self.initialized.fill_(True)
+        counts = torch.bincount(codes, minlength=self.n_codes).to(z.dtype)        # (K,)  n_k in this batch
+        sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, z)           # (K, E) sum of z assigned to k
+        if _is_dist():  # the statistics of the global batch, so that every rank computes the same update
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
+        self.cluster_size.lerp_(counts, 1 - self.decay)  # N_k <- decay * N_k + (1 - decay) * n_k
+        self.embed_sum.lerp_(sums, 1 - self.decay)       # m_k <- decay * m_k + (1 - decay) * sum_k
+        # Laplace smoothing keeps N_k > 0 for unused codes, so the division below is always defined.
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (n + self.n_codes * self.eps) * n
+        self.embeddings.copy_(self.embed_sum / smoothed[:, None])
+        # Dead codes (EMA count below the threshold: used for less than about one vector per batch lately) restart
+        # from random current encoder outputs, where they can be used again.
+        dead = self.cluster_size < self.dead_threshold  # identical on every rank: the counts were all-reduced
+        n_dead = int(dead.sum())
+        if n_dead:
+            fresh = self._random_rows(z, n_dead)
+            self.embeddings[dead] = fresh
+            self.embed_sum[dead] = fresh * self.dead_threshold
+            self.cluster_size[dead] = self.dead_threshold
+
+    def forward(self, z):
+        # Distances, assignments and EMA statistics in fp32 even under autocast: bf16 rounding flips nearest-code
+        # decisions and loses the small (1 - decay) updates.
+        with torch.autocast(z.device.type, enabled=False):
+            z = z.float()
+            flat = rearrange(z, 'B E t h w -> (B t h w) E')
+            codes = self.nearest(flat)                                            # (N,)
+            if self.training:
+                self._ema_update(flat, codes)
+            quantized = F.embedding(codes, self.embeddings)                       # (N, E)
+            quantized = rearrange(quantized, '(B t h w) E -> B E t h w', B=z.shape[0], t=z.shape[2], h=z.shape[3])
+            # Commitment loss (VQ-VAE eq. 3, beta applied by the caller): keeps the encoder near its chosen codes.
+            commitment = F.mse_loss(z, quantized.detach())
+            # Straight-through estimator: the forward pass uses the code, the backward pass copies the gradient
+            # from the decoder's input to the encoder's output as if quantisation were the identity.
+            quantized = z + (quantized - z).detach()
+            probs = torch.bincount(codes, minlength=self.n_codes).float() / codes.numel()
+            perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())      # effective number of codes used
+            usage = (probs > 0).float().mean()                                     # fraction of codes used at all
+        codes = codes.view(z.shape[0], *z.shape[2:])
+        return quantized, codes, commitment, perplexity, usage
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The VQ-VAE
+
+
+@dataclass
+class VQVAEConfig:
+    in_channels: int = 1               # 1 for Moving MNIST, 3 for RGB
+    sequence_length: int = 16          # T
+    resolution: int = 64               # H = W
+    downsample: tuple = (4, 4, 4)      # per-axis factors (T, H, W), each in {1, 2, 4, 8, ...}: 16x64x64 -> 4x16x16
+    n_hiddens: int = 240               # D, the trunk width (paper table A.1)
+    n_res_layers: int = 2              # attention residual blocks in the encoder, and again in the decoder
+    n_head: int = 2                    # heads of each axial attention
+    axial_attention: bool = True       # False: the paper's table 3 ablation
+    embedding_dim: int = 64            # E
+    n_codes: int = 512                 # K
+    beta: float = 0.25                 # commitment weight (VQ-VAE eq. 3)
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 1.0   # restart codes whose EMA count drops below this
+
+    def __post_init__(self):
+        self.downsample = tuple(self.downsample)
+        sizes = (self.sequence_length, self.resolution, self.resolution)
+        for d, n, axis in zip(self.downsample, sizes, 'THW'):
+            if d < 1 or d & (d - 1):
+                raise ValueError(f"downsample factors must be powers of 2, got {self.downsample}")
+            if n % d:
+                raise ValueError(f"{axis}={n} is not divisible by its downsample factor {d}: "
+                                 f"choose sizes that are multiples of {self.downsample} (T, H, W)")
+
+    @property
+    def latent_shape(self):
+        return (self.sequence_length // self.downsample[0], self.resolution // self.downsample[1],
+                self.resolution // self.downsample[2])
+
+
+class VQVAE(nn.Module):
+    def __init__(self, cfg: VQVAEConfig):
+        super().__init__()
+        self.config = cfg
+        # The paper's position embeddings are shared by every axial layer of the encoder and the decoder, which all
+        # work at the latent size t x h x w.
+        self.pos = AxisPositionEmbedding(cfg.latent_shape, cfg.n_hiddens)
+        self.encoder = Encoder(cfg)
+        self.pre_vq = nn.Conv3d(cfg.n_hiddens, cfg.embedding_dim, 1)
+        self.codebook = EMACodebook(cfg.n_codes, cfg.embedding_dim, cfg.ema_decay, cfg.dead_code_threshold)
+        self.post_vq = nn.Conv3d(cfg.embedding_dim, cfg.n_hiddens, 1)
+        self.decoder = Decoder(cfg)
+        # The reconstruction loss is MSE / Var(x), the normalised MSE: 1.0 means "no better than predicting the mean
+        # pixel", whatever the dataset. The original divided by 0.06, a variance measured by hand on its data. We
+        # measure it instead, on the first training batch (hundreds of thousands of pixels: a stable estimate), and
+        # keep it in a buffer so that a reloaded model reports the same loss.
+        self.register_buffer('data_variance', torch.tensor(1.0))
+        self.register_buffer('variance_set', torch.tensor(False))
+
+    def check_video(self, x):
+        cfg = self.config
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            raise TypeError(f"video must be a float tensor in [-0.5, 0.5], got {getattr(x, 'dtype', type(x))}: "
+                            "convert uint8 frames with x.float() / 255 - 0.5")
+        if x.ndim != 5:
+            raise ValueError(f"video must be (B, C, T, H, W), got shape {tuple(x.shape)}: add the missing axes, "
+                             "e.g. x[None] for one video or x[:, None] for grayscale (B, T, H, W)")
+        if x.shape[1] != cfg.in_channels:
+            raise ValueError(f"video has {x.shape[1]} channels but the model was built for {cfg.in_channels}: "
+                             f"set VQVAEConfig(in_channels={x.shape[1]}) or convert the video; channels go on axis 1")
+        T, H, W = x.shape[2:]
+        for n, d, axis in zip((T, H, W), cfg.downsample, 'THW'):
+            if n % d:
+                raise ValueError(f"{axis}={n} is not divisible by the downsample factor {d}: crop or resize the "
+                                 f"video to a multiple of {cfg.downsample} (T, H, W)")
+        if (T, H, W) != (cfg.sequence_length, cfg.resolution, cfg.resolution):
+            raise ValueError(f"video is {T}x{H}x{W} but the model was built for {cfg.sequence_length}x"
+                             f"{cfg.resolution}x{cfg.resolution} (its position embeddings have that size): "
+                             "crop or resize the video, or build a VQVAEConfig for this size")
+        lo, hi = torch.aminmax(x.detach())
+        if lo < -0.501 or hi > 0.501:  # a little slack for resampling overshoot
+            raise ValueError(f"video values must lie in [-0.5, 0.5], got [{lo:.3f}, {hi:.3f}]: "
+                             "for uint8 frames use x / 255 - 0.5, for [-1, 1] data use x / 2")
+
+    def check_codes(self, codes):
+        if not torch.is_tensor(codes) or codes.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"codes must be an int64 tensor, got {getattr(codes, 'dtype', type(codes))}")
+        if codes.ndim != 4 or tuple(codes.shape[1:]) != self.config.latent_shape:
+            raise ValueError(f"codes must be (B, {', '.join(map(str, self.config.latent_shape))}), "
+                             f"got {tuple(codes.shape)}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.n_codes):
+            raise ValueError(f"codes must lie in [0, {self.config.n_codes}), got [{codes.min()}, {codes.max()}]")
+
+    def forward(self, x):
+        """(B, C, T, H, W) in [-0.5, 0.5] -> dict of losses, perplexity, usage, x_hat (B, C, T, H, W), codes."""
+        self.check_video(x)
+        if self.training and not self.variance_set:
+            var = x.detach().float().var()
+            if _is_dist():  # every rank must normalise by the same number
+                dist.all_reduce(var)
+                var /= dist.get_world_size()
+            self.data_variance.copy_(var.clamp(min=1e-6))
+            self.variance_set.fill_(True)
+        pos = self.pos()                                                     # (t, h, w, D)
+        z = self.pre_vq(self.encoder(x, pos))                                # (B, E, t, h, w)
+        quantized, codes, commitment, perplexity, usage = self.codebook(z)
+        x_hat = self.decoder(self.post_vq(quantized), pos)                   # (B, C, T, H, W)
+        recon = F.mse_loss(x_hat.float(), x.float()) / self.data_variance
+        loss = recon + self.config.beta * commitment
+        return dict(loss=loss, recon_loss=recon, commitment_loss=commitment, perplexity=perplexity,
+                    usage=usage, x_hat=x_hat, codes=codes)
+
+    @torch.no_grad()
+    def encode(self, x):
+        """(B, C, T, H, W) in [-0.5, 0.5] -> codes (B, t, h, w) int64. Never changes the codebook."""
+        self.check_video(x)
+        z = self.pre_vq(self.encoder(x, self.pos()))                         # (B, E, t, h, w)
+        with torch.autocast(z.device.type, enabled=False):
+            codes = self.codebook.nearest(rearrange(z.float(), 'B E t h w -> (B t h w) E'))
+        return codes.view(x.shape[0], *self.config.latent_shape)
+
+    def decode(self, codes):
+        """codes (B, t, h, w) int64 -> video (B, C, T, H, W), roughly in [-0.5, 0.5]."""
+        self.check_codes(codes)
+        quantized = rearrange(F.embedding(codes, self.codebook.embeddings), 'B t h w E -> B E t h w')
+        return self.decoder(self.post_vq(quantized), self.pos())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Conditioning for the prior (paper section 3.2): a 3D ResNet over the conditioning frames, and conditional LayerNorm
+
+
+class FrameEncoder(nn.Module):
+    """A small 3D ResNet, trained with the prior. (B, C, n_cond_frames, H, W) in [-0.5, 0.5] -> (B, S, D) tokens.
+
+    The paper uses a ResNet-34; three stages that each halve H and W are enough at 64x64, and leave
+    S = n_cond_frames * (H / 8) * (W / 8) tokens for every block to cross-attend to.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        D = cfg.n_embd
+        self.stem = nn.Conv3d(cfg.frame_channels, D, 3, padding=1)
+        self.stages = nn.ModuleList()
+        for _ in range(3):
+            self.stages.append(nn.ModuleDict(dict(
+                down=down_conv(D, D, (1, 2, 2)),
+                res=nn.Sequential(Norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1),
+                                  Norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1)))))
+        self.norm = nn.LayerNorm(D)
+        self.pos = AxisPositionEmbedding((cfg.n_cond_frames, cfg.frame_size // 8, cfg.frame_size // 8), D)
+
+    def forward(self, frames):
+        x = self.stem(frames)
+        for stage in self.stages:
+            x = stage.down(x)
+            x = x + stage.res(x)
+        x = rearrange(x, 'B D t h w -> B t h w D') + self.pos()
+        return self.norm(rearrange(x, 'B t h w D -> B (t h w) D'))  # (B, S, D)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over D, conditional when cond_dim > 0: gain and bias are affine functions of a (B, cond_dim) vector.
+
+    (B, L, D), cond (B, cond_dim) or None -> (B, L, D). This is the paper's class / action conditioning.
+    """
+
+    def __init__(self, dim, cond_dim=0):
+        super().__init__()
+        self.ln = nn.LayerNorm(dim, elementwise_affine=cond_dim == 0)
+        self.cond_dim = cond_dim
+        if cond_dim:
+            self.gain, self.bias = nn.Linear(cond_dim, dim), nn.Linear(cond_dim, dim)
+            self.init_identity()
+
+    def init_identity(self):
+        # Zero weights, gain bias 1, bias bias 0: at initialisation this is a plain LayerNorm whatever the
+        # condition, so conditioning starts as a no-op and is learned from there.
+        if self.cond_dim:
+            for lin, b in ((self.gain, 1.0), (self.bias, 0.0)):
+                nn.init.zeros_(lin.weight)
+                nn.init.constant_(lin.bias, b)
+
+    def forward(self, x, cond=None):
+        x = self.ln(x)
+        if self.cond_dim:
+            x = x * self.gain(cond)[:, None] + self.bias(cond)[:, None]
+        return x
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The transformer
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention, causal or not. (B, L, D) -> (B, L, D); with a cache, L new tokens at `pos`."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.causal, self.fast = cfg.n_head, cfg.causal, cfg.fast_attention
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.dropout = cfg.attn_dropout
+
+    def forward(self, x, cache=None, pos=0):
+        q, k, v = rearrange(self.qkv(x), 'B L (three nh hd) -> three B nh L hd', three=3, nh=self.n_head)
+        if cache is not None:
+            # KV cache: keys and values of earlier positions were written on earlier steps; write this step's
+            # and attend over positions [0, pos + L). A step costs O(pos), not O(full length).
+            cache_k, cache_v = cache  # each (B, nh, L_max, hd)
+            end = pos + q.shape[2]
+            cache_k[:, :, pos:end] = k
+            cache_v[:, :, pos:end] = v
+            k, v = cache_k[:, :, :end], cache_v[:, :, :end]
+        # A single new token may see every cached position, so it needs no mask at all.
+        causal = self.causal and q.shape[2] > 1
+        y = attention(q, k, v, causal=causal, dropout_p=self.dropout if self.training else 0.0,
+                      fast=self.fast)
+        return self.proj(rearrange(y, 'B nh L hd -> B L (nh hd)'))
+
+
+class CrossAttention(nn.Module):
+    """Tokens attend to the conditioning frames' features. (B, L, D), (B, S, D) -> (B, L, D)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.fast = cfg.n_head, cfg.fast_attention
+        self.q = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.kv = nn.Linear(cfg.n_embd, 2 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.dropout = cfg.attn_dropout
+
+    def keys_values(self, ctx):
+        """(B, S, D) -> (2, B, nh, S, hd). Computed once per sample() call, since the frames do not change."""
+        return rearrange(self.kv(ctx), 'B S (two nh hd) -> two B nh S hd', two=2, nh=self.n_head)
+
+    def forward(self, x, kv):
+        q = rearrange(self.q(x), 'B L (nh hd) -> B nh L hd', nh=self.n_head)
+        y = attention(q, kv[0], kv[1], dropout_p=self.dropout if self.training else 0.0, fast=self.fast)
+        return self.proj(rearrange(y, 'B nh L hd -> B L (nh hd)'))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: self-attention, cross-attention to the frames if any, then an MLP."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln1 = LayerNorm(cfg.n_embd, cfg.cond_dim)
+        self.attn = SelfAttention(cfg)
+        if cfg.n_cond_frames:
+            self.ln_x = LayerNorm(cfg.n_embd, cfg.cond_dim)
+            self.xattn = CrossAttention(cfg)
+        self.ln2 = LayerNorm(cfg.n_embd, cfg.cond_dim)
+        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
+                                 nn.Linear(4 * cfg.n_embd, cfg.n_embd))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cond=None, frame_kv=None, cache=None, pos=0):
+        x = x + self.drop(self.attn(self.ln1(x, cond), cache, pos))
+        if frame_kv is not None:
+            x = x + self.drop(self.xattn(self.ln_x(x, cond), frame_kv))
+        return x + self.drop(self.mlp(self.ln2(x, cond)))
+
+
+@dataclass
+class GPTConfig:
+    n_codes: int = 512                  # K, the VQ-VAE's codebook size
+    latent_shape: tuple = (4, 16, 16)   # (t, h, w) of the VQ-VAE's codes
+    n_layer: int = 8
+    n_head: int = 4
+    n_embd: int = 192                   # D
+    dropout: float = 0.1                # on the residual paths
+    attn_dropout: float = 0.0           # on the attention weights
+    causal: bool = True                 # False: bidirectional, for masked (MAGVIT-style) parallel decoding
+    n_cond_frames: int = 0              # > 0: cross-attend to a 3D ResNet over this many pixel frames
+    frame_channels: int = 1             # C of the conditioning frames
+    frame_size: int = 64                # H = W of the conditioning frames (a multiple of 8)
+    cond_dim: int = 0                   # > 0: conditional LayerNorm on a (B, cond_dim) vector (class, actions)
+    fast_attention: bool = True         # False: the explicit-softmax reference path (for tests and teaching)
+
+    def __post_init__(self):
+        self.latent_shape = tuple(self.latent_shape)
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.n_cond_frames and self.frame_size % 8:
+            raise ValueError(f"frame_size={self.frame_size} must be a multiple of 8 (the frame encoder halves it "
+                             "three times)")
+
+    @property
+    def block_size(self):
+        return math.prod(self.latent_shape)  # L
+
+
+class VideoGPT(nn.Module):
+    """The prior p(codes | frames, cond) = prod_i p(code_i | codes_<i, frames, cond) over codes in raster order."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        # Token ids 0..K-1 are codes; id K is [MASK], used only by masked (non-causal) decoding.
+        self.tok_emb = nn.Embedding(cfg.n_codes + 1, cfg.n_embd)
+        self.pos_emb = AxisPositionEmbedding(cfg.latent_shape, cfg.n_embd)
+        # The start token: position 0 sees only it, so that position i predicts code i from codes 0..i-1.
+        self.sos = nn.Parameter(torch.randn(cfg.n_embd) * 0.02)
+        self.frame_encoder = FrameEncoder(cfg) if cfg.n_cond_frames else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = LayerNorm(cfg.n_embd, cfg.cond_dim)
+        self.head = nn.Linear(cfg.n_embd, cfg.n_codes, bias=False)
+        self.apply(self._init_weights)
+        for m in self.modules():
+            if isinstance(m, LayerNorm):
+                m.init_identity()
+        for name, p in self.named_parameters():
+            # GPT-2's scaled init: each residual branch's output projection shrinks with depth, so that the sum of
+            # 2 * n_layer branches keeps the residual stream's variance at initialisation.
+            if name.endswith(('attn.proj.weight', 'xattn.proj.weight', 'mlp.2.weight')):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+
+    # -- inputs ---------------------------------------------------------------------------------------------------
+
+    def _check(self, codes=None, frames=None, cond=None, batch=None):
+        """Validate the inputs; returns cond as a float (B, cond_dim) tensor or None."""
+        cfg = self.config
+        if codes is not None:
+            if not torch.is_tensor(codes) or codes.dtype not in (torch.int64, torch.int32):
+                raise TypeError(f"codes must be an int64 tensor, got {getattr(codes, 'dtype', type(codes))}: "
+                                "get them from VQVAE.encode")
+            if codes.ndim != 4 or tuple(codes.shape[1:]) != cfg.latent_shape:
+                raise ValueError(f"codes must be (B, {', '.join(map(str, cfg.latent_shape))}), got "
+                                 f"{tuple(codes.shape)}: set GPTConfig(latent_shape=vqvae.config.latent_shape)")
+            top = cfg.n_codes if cfg.causal else cfg.n_codes + 1  # masked decoding may pass [MASK] = K
+            if codes.numel() and (codes.min() < 0 or codes.max() >= top):
+                raise ValueError(f"codes must lie in [0, {cfg.n_codes}), got [{codes.min()}, {codes.max()}]: "
+                                 f"set GPTConfig(n_codes=vqvae.config.n_codes)")
+            batch = codes.shape[0]
+        if cfg.n_cond_frames:
+            want = (batch, cfg.frame_channels, cfg.n_cond_frames, cfg.frame_size, cfg.frame_size)
+            if frames is None or tuple(frames.shape) != want or not frames.is_floating_point():
+                raise ValueError(f"this prior is frame-conditioned: pass frames as a float tensor of shape {want} "
+                                 f"in [-0.5, 0.5], got {None if frames is None else tuple(frames.shape)}")
+        elif frames is not None:
+            raise ValueError("frames were given but GPTConfig.n_cond_frames is 0: build the prior with "
+                             "n_cond_frames > 0 to condition on frames")
+        if cfg.cond_dim:
+            if cond is None:
+                raise ValueError(f"this prior is vector-conditioned: pass cond of shape ({batch}, {cfg.cond_dim}), "
+                                 "or int64 class labels of shape (B,)")
+            if not cond.is_floating_point():  # class labels -> one-hot vectors
+                if cond.shape != (batch,) or cond.min() < 0 or cond.max() >= cfg.cond_dim:
+                    raise ValueError(f"class labels must be ({batch},) in [0, {cfg.cond_dim}), got shape "
+                                     f"{tuple(cond.shape)}")
+                cond = F.one_hot(cond.long(), cfg.cond_dim).float()
+            cond = cond.reshape(cond.shape[0], -1)  # BAIR's (B, T, 4) actions are flattened to (B, 4T)
+            if cond.shape != (batch, cfg.cond_dim):
+                raise ValueError(f"cond must be ({batch}, {cfg.cond_dim}) after flattening, got "
+                                 f"{tuple(cond.shape)}: set GPTConfig(cond_dim=...) to the vector's size")
+        elif cond is not None:
+            raise ValueError("cond was given but GPTConfig.cond_dim is 0: build the prior with cond_dim > 0")
+        return cond
+
+    def _frame_kv(self, frames):
+        """Cross-attention keys and values of each block for the conditioning frames, or Nones."""
+        if frames is None:
+            return [None] * len(self.blocks)
+        ctx = self.frame_encoder(frames)  # (B, S, D)
+        return [block.xattn.keys_values(ctx) for block in self.blocks]
+
+    # -- training -------------------------------------------------------------------------------------------------
+
+    def forward(self, codes, frames=None, cond=None, mask=None):
+        """codes (B, t, h, w) -> logits (B, t, h, w, K) and the mean cross-entropy in nats.
+
+        Causal: logits at position i predict code i from codes < i (teacher forcing). Non-causal (masked decoding):
+        the codes at `mask` (B, t, h, w) bool are replaced by [MASK] and the loss covers only them; without a mask,
+        a random fraction cos(pi/2 * u), u ~ U(0, 1], is masked per video (MaskGIT / MAGVIT schedule).
+        """
+        cond = self._check(codes, frames, cond)
+        cfg, B = self.config, codes.shape[0]
+        tokens = rearrange(codes, 'B t h w -> B (t h w)')
+        if cfg.causal:
+            # Shift right by one: the start token first, the last code never goes in.
+            x = torch.cat([self.sos.expand(B, 1, -1), self.tok_emb(tokens[:, :-1])], dim=1)
+            target = tokens
+        else:
+            if mask is None:
+                ratio = torch.cos(math.pi / 2 * (1 - torch.rand(B, 1, device=codes.device)))  # (B, 1) in [0, 1)
+                mask = torch.rand(tokens.shape, device=codes.device) < ratio.clamp(min=1 / tokens.shape[1])
+            else:
+                mask = rearrange(mask, 'B t h w -> B (t h w)')
+            x = self.tok_emb(tokens.masked_fill(mask, cfg.n_codes))
+            target = tokens.masked_fill(~mask, -100)  # -100: ignored by cross_entropy
+        x = self.drop(x + rearrange(self.pos_emb(), 't h w D -> (t h w) D'))
+        logits = self.head(self._trunk(x, cond, self._frame_kv(frames)))
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100)
+        return logits.view(*codes.shape, cfg.n_codes), loss
+
+    def _trunk(self, x, cond, frame_kv, caches=None, pos=0):
+        for i, block in enumerate(self.blocks):
+            x = block(x, cond, frame_kv[i], None if caches is None else caches[i], pos)
+        return self.ln_f(x, cond)
+
+    # -- sampling -------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, n, frames=None, cond=None, temperature=1.0, top_k=None, top_p=None, generator=None,
+               return_logits=False):
+        """Draw n code grids (n, t, h, w) int64, one token at a time with a KV cache (causal priors), or by masked
+        parallel decoding (non-causal priors, see sample_masked). frames / cond as in forward, with batch n.
+
+        top_k=1 is greedy decoding. With return_logits, also returns the (n, t, h, w, K) logits of each step.
+        """
+        if not self.config.causal:
+            return self.sample_masked(n, frames, cond, temperature=temperature, generator=generator)
+        cond = self._check(None, frames, cond, batch=n)
+        cfg, L = self.config, self.config.block_size
+        was_training = self.training
+        self.eval()
+        dev, dtype = self.sos.device, self.sos.dtype
+        hd = cfg.n_embd // cfg.n_head
+        caches = [(torch.empty(n, cfg.n_head, L, hd, device=dev, dtype=dtype),
+                   torch.empty(n, cfg.n_head, L, hd, device=dev, dtype=dtype)) for _ in self.blocks]
+        frame_kv = self._frame_kv(frames)  # the frames' features: computed once, not once per token
+        pos_emb = rearrange(self.pos_emb(), 't h w D -> (t h w) D')
+        codes = torch.empty(n, L, dtype=torch.long, device=dev)
+        all_logits = torch.empty(n, L, cfg.n_codes, device=dev) if return_logits else None
+        x = self.sos.expand(n, 1, -1)
+        for i in range(L):
+            h = self._trunk(x + pos_emb[i], cond, frame_kv, caches, pos=i)  # (n, 1, D)
+            logits = self.head(h[:, 0]).float()                            # (n, K)
+            if return_logits:
+                all_logits[:, i] = logits
+            codes[:, i] = sample_logits(logits, temperature, top_k, top_p, generator)
+            x = self.tok_emb(codes[:, i:i + 1])
+        self.train(was_training)
+        codes = codes.view(n, *cfg.latent_shape)
+        return (codes, all_logits.view(*codes.shape, -1)) if return_logits else codes
+
+    @torch.no_grad()
+    def sample_masked(self, n, frames=None, cond=None, steps=12, temperature=1.0, generator=None):
+        """Masked parallel decoding (MaskGIT, Chang et al. 2022; MAGVIT, Yu et al. 2023) for causal=False priors.
+
+        Start from all [MASK]; at each of `steps` steps predict every masked token at once, keep the most confident
+        predictions and re-mask the rest, so that cos(pi/2 * (s + 1) / steps) of the tokens stay masked.
+        """
+        if self.config.causal:
+            raise ValueError("sample_masked needs a bidirectional prior: build it with GPTConfig(causal=False)")
+        cond = self._check(None, frames, cond, batch=n)
+        cfg, L = self.config, self.config.block_size
+        was_training = self.training
+        self.eval()
+        dev = self.sos.device
+        tokens = torch.full((n, L), cfg.n_codes, dtype=torch.long, device=dev)
+        frame_kv = self._frame_kv(frames)
+        pos_emb = rearrange(self.pos_emb(), 't h w D -> (t h w) D')
+        for s in range(steps):
+            masked = tokens == cfg.n_codes
+            logits = self.head(self._trunk(self.tok_emb(tokens) + pos_emb, cond, frame_kv)).float()  # (n, L, K)
+            probs = F.softmax(logits / max(temperature, 1e-6), dim=-1)
+            draw = torch.multinomial(probs.view(-1, cfg.n_codes), 1, generator=generator).view(n, L)
+            confidence = probs.gather(-1, draw[..., None])[..., 0].masked_fill(~masked, float('inf'))
+            n_keep_masked = int(L * math.cos(math.pi / 2 * (s + 1) / steps))  # 0 at the last step
+            tokens = torch.where(masked, draw, tokens)
+            if n_keep_masked:  # re-mask the least confident of this step's new tokens
+                remask = confidence.argsort(dim=-1)[:, :n_keep_masked]
+                tokens.scatter_(1, remask, cfg.n_codes)
+        self.train(was_training)
+        return tokens.view(n, *cfg.latent_shape)
+
+
+def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """(B, K) logits -> (B,) token ids, drawn after temperature, top-k and nucleus (top-p) filtering."""
+    logits = logits / max(temperature, 1e-6)  # temperature 0 would divide by zero; this is greedy in effect
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float('-inf'))
+    if top_p is not None:
+        # Keep the smallest set of tokens whose probabilities sum to at least top_p (Holtzman et al. 2020).
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # tokens entirely beyond the nucleus; the top one stays
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float('-inf'))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
