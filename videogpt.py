@@ -432,7 +432,9 @@ class FrameEncoder(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        D = cfg.n_embd
+        # Narrower than the transformer: 3D convolutions cost D^2 * 27 weights each, so at D = n_embd = 512 this
+        # encoder alone would hold 80M parameters. A linear layer lifts its output to the transformer's width.
+        D = cfg.frame_width
         self.stem = nn.Conv3d(cfg.frame_channels, D, 3, padding=1)
         self.stages = nn.ModuleList()
         for _ in range(3):
@@ -440,8 +442,8 @@ class FrameEncoder(nn.Module):
                 down=down_conv(D, D, (1, 2, 2)),
                 res=nn.Sequential(Norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1),
                                   Norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1)))))
-        self.norm = nn.LayerNorm(D)
         self.pos = AxisPositionEmbedding((cfg.n_cond_frames, cfg.frame_size // 8, cfg.frame_size // 8), D)
+        self.out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, cfg.n_embd))
 
     def forward(self, frames):
         x = self.stem(frames)
@@ -449,7 +451,7 @@ class FrameEncoder(nn.Module):
             x = stage.down(x)
             x = x + stage.res(x)
         x = rearrange(x, 'B D t h w -> B t h w D') + self.pos()
-        return self.norm(rearrange(x, 'B t h w D -> B (t h w) D'))  # (B, S, D)
+        return self.out(rearrange(x, 'B t h w D -> B (t h w) D'))  # (B, S, n_embd)
 
 
 class LayerNorm(nn.Module):
@@ -568,6 +570,7 @@ class GPTConfig:
     n_cond_frames: int = 0              # > 0: cross-attend to a 3D ResNet over this many pixel frames
     frame_channels: int = 1             # C of the conditioning frames
     frame_size: int = 64                # H = W of the conditioning frames (a multiple of 8)
+    frame_width: int = 128              # channels of the frame encoder's 3D ResNet
     cond_dim: int = 0                   # > 0: conditional LayerNorm on a (B, cond_dim) vector (class, actions)
     fast_attention: bool = True         # False: the explicit-softmax reference path (for tests and teaching)
 
@@ -782,3 +785,480 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=Non
         drop = cum - sorted_logits.softmax(-1) >= top_p  # tokens entirely beyond the nucleus; the top one stays
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float('-inf'))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Presets: the paper's settings (appendix tables; the authors' VideoGPT-Paper configs where the tables are silent)
+
+PRESETS = {
+    # name: (VQVAEConfig overrides, GPTConfig overrides)
+    'mnist': (dict(), dict()),  # the dataclass defaults: 16x64x64 grey -> 4x16x16 codes
+    'bair-8x32x32': (  # the paper's best BAIR setting: 16x64x64 RGB -> 8x32x32, first frame + actions
+        dict(in_channels=3, downsample=(2, 2, 2), n_res_layers=4, embedding_dim=256, n_codes=1024),
+        dict(n_embd=512, n_head=4, n_layer=8, dropout=0.2, n_cond_frames=1, frame_channels=3, cond_dim=64)),
+    'bair-4x32x32': (
+        dict(in_channels=3, downsample=(4, 2, 2), n_res_layers=4, embedding_dim=256, n_codes=1024),
+        dict(n_embd=512, n_head=4, n_layer=8, dropout=0.2, n_cond_frames=1, frame_channels=3, cond_dim=64)),
+    'ucf101': (  # 16x128x128 RGB -> 4x32x32, class-conditional (101 classes)
+        dict(in_channels=3, resolution=128, downsample=(4, 4, 4), n_res_layers=4, embedding_dim=256,
+             n_codes=1024),
+        dict(n_embd=1024, n_head=8, n_layer=20, dropout=0.2, cond_dim=101)),
+    # Small enough to train both stages on a 2-core CPU in under 10 minutes: 8 frames of Moving MNIST -> 2x8x8 codes.
+    'demo': (dict(sequence_length=8, downsample=(4, 8, 8), n_hiddens=64, n_res_layers=1, n_codes=256),
+             dict(n_embd=128, n_head=4, n_layer=4, dropout=0.0)),
+}
+
+
+def preset_configs(name):
+    """(VQVAEConfig, GPTConfig) of a preset, with the prior fitted to the VQ-VAE's codes."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    vq_kw, gpt_kw = PRESETS[name]
+    vcfg = VQVAEConfig(**vq_kw)
+    gpt_kw = dict(dict(n_codes=vcfg.n_codes, latent_shape=vcfg.latent_shape, frame_channels=vcfg.in_channels,
+                       frame_size=vcfg.resolution), **gpt_kw)
+    return vcfg, GPTConfig(**gpt_kw)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Training: one loop for both stages, in plain PyTorch
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = 'runs/vqvae'
+    steps: int = 20_000
+    batch_size: int = 16             # per process
+    lr: float = 3e-4
+    warmup: int = 500                # linear warmup steps, then cosine decay to lr / 10
+    weight_decay: float = 0.01       # on matrices only (not on norms, biases or embeddings)
+    grad_clip: float = 1.0
+    log_every: int = 50              # metrics.jsonl and the loss curve
+    sample_every: int = 1000         # a sample GIF / reconstruction image
+    ckpt_every: int = 1000
+    seed: int = 0
+    num_workers: int = 2
+    compile: bool = False            # torch.compile the model (the checkpoint always holds the plain module)
+    resume: bool = False             # continue from out_dir/ckpt.pt
+    dataset: str = 'mnist'           # mnist | bair | folder
+    data_dir: str = ''               # converted BAIR folder, or a folder of videos
+    mnist_dir: str = ''              # folder with the MNIST .gz files (default: cache, download, font fallback)
+    vqvae: str = ''                  # train-gpt: the VQ-VAE checkpoint whose codes the prior models
+    codes_file: str = ''             # train-gpt: encode a fixed-size dataset once into this file and train on it
+
+
+def setup_device():
+    """(device, rank, world size, autocast dtype or None, GradScaler needed) for this process."""
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    if world > 1 and not dist.is_initialized():  # launched by torchrun
+        dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
+    if torch.cuda.is_available():
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        # bf16 keeps fp32's exponent range and needs no loss scaling; older GPUs get fp16 with a GradScaler.
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return device, rank, world, dtype, dtype == torch.float16
+    return torch.device('cpu'), rank, world, None, False  # fp32 on CPU: CPU autocast is slower, not faster
+
+
+def lr_at(step, tcfg):
+    """Linear warmup for tcfg.warmup steps, then cosine decay from lr to lr / 10 at the last step."""
+    if step < tcfg.warmup:
+        return tcfg.lr * (step + 1) / tcfg.warmup
+    progress = min(1.0, (step - tcfg.warmup) / max(1, tcfg.steps - tcfg.warmup))
+    return tcfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """Wraps a dataset so that item (idx, seed) is drawn with the torch RNG seeded by `seed`.
+
+    Datasets draw random windows with torch's global RNG; seeding it per item makes batch s a pure function of
+    (seed, s, rank), whatever the number of workers, which is what lets --resume continue bit for bit.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        idx, seed = key
+        torch.manual_seed(seed)
+        return self.dataset[idx]
+
+
+def batches(dataset, tcfg, start_step, rank=0):
+    """Endless batches from step start_step on: batch s holds indices drawn from a generator seeded by (seed, s)."""
+    def keys():
+        for step in range(start_step, 1 << 62):
+            g = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + step * 1009 + rank)
+            idx = torch.randint(len(dataset), (tcfg.batch_size,), generator=g).tolist()
+            seeds = torch.randint(1 << 62, (tcfg.batch_size,), generator=g).tolist()
+            yield list(zip(idx, seeds))
+    return iter(torch.utils.data.DataLoader(SeededItems(dataset), batch_sampler=keys(), num_workers=tcfg.num_workers,
+                                            pin_memory=torch.cuda.is_available(),
+                                            persistent_workers=tcfg.num_workers > 0))
+
+
+def save_checkpoint(path, **state):
+    """Write atomically: a crash mid-write leaves the previous checkpoint whole (temp file, then rename)."""
+    tmp = f'{path}.tmp'
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: train one first, or check --out-dir / --vqvae")
+    # weights_only: a checkpoint holds tensors, numbers, strings and dicts; loading it never runs arbitrary code.
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def load_model(path):
+    """A VQVAE or VideoGPT from its checkpoint, in eval mode."""
+    ckpt = load_checkpoint(path)
+    cls, cfg_cls = (VQVAE, VQVAEConfig) if ckpt['kind'] == 'vqvae' else (VideoGPT, GPTConfig)
+    model = cls(cfg_cls(**ckpt['config']))
+    model.load_state_dict(ckpt['model'])
+    return model.eval()
+
+
+def make_dataset(tcfg, n_frames, resolution, train=True):
+    """The dataset named by tcfg.dataset, yielding dicts with 'video' (C, T, H, W) in [-0.5, 0.5]."""
+    import data  # the model needs no data code; only the training loop does
+    if tcfg.dataset == 'mnist':
+        digits, _, source = data.load_mnist(tcfg.mnist_dir or None)
+        print(f"Moving MNIST from {source}")
+        return data.MovingMNIST(digits, n_frames=n_frames, seed=tcfg.seed if train else tcfg.seed + 1)
+    if tcfg.dataset == 'bair':
+        return data.BAIR(tcfg.data_dir, 'train' if train else 'val', n_frames=n_frames, train=train)
+    if tcfg.dataset == 'folder':
+        return data.VideoFolder(tcfg.data_dir, n_frames=n_frames, resolution=resolution, train=train)
+    raise ValueError(f"unknown dataset {tcfg.dataset!r}: choose mnist, bair or folder")
+
+
+def plot_metrics(path, log):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r['step'] for r in log], [r['loss'] for r in log])
+    ax.set(xlabel='step', ylabel='loss', yscale='log')
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=None):
+    """Train `model` with loss = step_fn(model, batch)[0]; checkpoints, logs and samples go to tcfg.out_dir.
+
+    step_fn(model, batch) -> (loss, metrics dict); on_sample(model, step) writes pictures. Returns the model.
+    """
+    from tqdm import tqdm
+    device, rank, world, dtype, use_scaler = setup_device()
+    os.makedirs(tcfg.out_dir, exist_ok=True)
+    ckpt_path = os.path.join(tcfg.out_dir, 'ckpt.pt')
+    torch.manual_seed(tcfg.seed + rank)
+    model.to(device)
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2 and not isinstance(p, nn.Embedding)]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    opt = torch.optim.AdamW([dict(params=decay, weight_decay=tcfg.weight_decay), dict(params=rest, weight_decay=0)],
+                            lr=tcfg.lr, betas=(0.9, 0.95), fused=device.type == 'cuda')
+    scaler = torch.amp.GradScaler(enabled=use_scaler)
+    step, log = 0, []
+    if tcfg.resume and os.path.exists(ckpt_path):
+        ckpt = load_checkpoint(ckpt_path)
+        model.load_state_dict(ckpt['model'])
+        opt.load_state_dict(ckpt['optimizer'])
+        scaler.load_state_dict(ckpt['scaler'])
+        step, log = ckpt['step'], ckpt['log']
+        torch.set_rng_state(ckpt['rng'][rank % len(ckpt['rng'])])
+        print(f"resumed {ckpt_path} at step {step}")
+    # DDP averages gradients; the codebook's buffers are kept identical by its own all-reduce, so DDP must not
+    # overwrite them with rank 0's copy (broadcast_buffers=False).
+    fwd = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
+    fwd = torch.compile(fwd) if tcfg.compile else fwd
+    data_iter = batches(dataset, tcfg, step, rank)
+
+    def checkpoint():
+        rng = torch.get_rng_state()
+        if world > 1:  # every rank's RNG (dropout, code restarts) is saved, so a resume continues each one
+            rngs = [torch.empty_like(rng) for _ in range(world)]
+            dist.all_gather(rngs, rng.to(device)) if device.type == 'cuda' else dist.all_gather(rngs, rng)
+            rng = [r.cpu() for r in rngs]
+        else:
+            rng = [rng]
+        if rank == 0:
+            save_checkpoint(ckpt_path, kind=kind, config=asdict(model_cfg), model=model.state_dict(),
+                            optimizer=opt.state_dict(), scaler=scaler.state_dict(), step=step, log=log,
+                            rng=rng, train_config=asdict(tcfg), **(extra or {}))
+            if log:
+                plot_metrics(os.path.join(tcfg.out_dir, 'loss.png'), log)
+
+    bar = tqdm(total=tcfg.steps, initial=step, disable=rank != 0, desc=kind)
+    t0 = time.time()
+    with contextlib.closing(bar):
+        while step < tcfg.steps:
+            model.train()
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(data_iter).items()}
+            for group in opt.param_groups:
+                group['lr'] = lr_at(step, tcfg)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss, metrics = step_fn(fwd, batch)
+            if not torch.isfinite(loss):  # stop before the bad step touches the weights or the last checkpoint
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}: the run stopped and {ckpt_path} "
+                                         "still holds the last good state. Lower --lr, raise --warmup or keep "
+                                         "--grad-clip 1, then --resume.")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            bar.update(1)
+            if step % tcfg.log_every == 0 or step == tcfg.steps:
+                row = dict(step=step, loss=loss.item(), lr=lr_at(step - 1, tcfg),
+                           time=round(time.time() - t0, 1), **{k: float(v.detach()) for k, v in metrics.items()})
+                log.append(row)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k not in ('step', 'time', 'lr')})
+                if rank == 0:
+                    with open(os.path.join(tcfg.out_dir, 'metrics.jsonl'), 'a') as f:
+                        f.write(json.dumps(row) + '\n')
+            if on_sample and rank == 0 and (step % tcfg.sample_every == 0 or step == tcfg.steps):
+                on_sample(model, step)
+            if step % tcfg.ckpt_every == 0 or step == tcfg.steps:
+                checkpoint()
+    return model
+
+
+def vqvae_step(model, batch):
+    out = model(batch['video'])
+    return out['loss'], dict(recon=out['recon_loss'], perplexity=out['perplexity'], usage=out['usage'])
+
+
+def train_vqvae(vcfg, tcfg, dataset=None):
+    """Stage 1: train a VQ-VAE on tcfg.dataset; writes ckpt.pt, metrics.jsonl, loss.png and recon.png."""
+    import data
+    dataset = dataset or make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)
+    fixed = torch.stack([dataset[i]['video'] for i in range(4)])  # the same 4 videos at every sample step
+
+    def on_sample(model, step):
+        model.eval()
+        with torch.no_grad():
+            x_hat = model(fixed.to(model.pos.tables[0].device))['x_hat'].clamp(-0.5, 0.5).cpu()
+        data.save_video_grid(torch.cat([fixed, x_hat]), os.path.join(tcfg.out_dir, 'recon.png'))
+    torch.manual_seed(tcfg.seed)  # the same initial weights on every rank and every rerun
+    return train(VQVAE(vcfg), 'vqvae', vqvae_step, dataset, tcfg, vcfg, on_sample)
+
+
+def gpt_inputs(gcfg, batch):
+    """The prior's conditioning from a batch: the first frames of the clip and / or its actions or label."""
+    frames = batch['video'][:, :, :gcfg.n_cond_frames] if gcfg.n_cond_frames else None
+    cond = None
+    if gcfg.cond_dim:
+        cond = batch['actions'] if 'actions' in batch else batch['label']
+    return frames, cond
+
+
+class CodesDataset(torch.utils.data.Dataset):
+    """Precomputed codes (N, t, h, w) plus the dataset's other fields; 'video' is read only if frames condition."""
+
+    def __init__(self, dataset, encoded, keep_video):
+        self.dataset, self.encoded, self.keep_video = dataset, encoded, keep_video
+
+    def __len__(self):
+        return len(self.encoded['codes'])
+
+    def __getitem__(self, idx):
+        item = {k: v[idx] for k, v in self.encoded.items()}
+        item['codes'] = item['codes'].long()
+        if self.keep_video:
+            item['video'] = self.dataset[idx]['video']
+        return item
+
+
+@torch.no_grad()
+def encode_dataset(vqvae, dataset, path, batch_size=32):
+    """Encode every video once into a file of int16 codes (N, t, h, w) plus the items' other fields (actions,
+    labels), written atomically; a second call loads it. Items must be deterministic (evaluation windows)."""
+    if os.path.exists(path):
+        return torch.load(path, weights_only=True)
+    device = next(vqvae.parameters()).device
+    out = {}
+    for b in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+        b['codes'] = vqvae.encode(b.pop('video').to(device)).cpu().to(torch.int16)  # K <= 32768 fits int16
+        for k, v in b.items():
+            out.setdefault(k, []).append(v)
+    out = {k: torch.cat(v) for k, v in out.items()}
+    save_checkpoint(path, **out)
+    return out
+
+
+def train_gpt(gcfg, tcfg, dataset=None):
+    """Stage 2: train the prior on the codes of a frozen VQ-VAE (tcfg.vqvae); writes ckpt.pt and samples.gif."""
+    import data
+    vqvae = load_model(tcfg.vqvae)
+    # Frozen explicitly: eval mode (the codebook's EMA never moves), no gradients, encoding under no_grad.
+    vqvae.requires_grad_(False)
+    device = setup_device()[0]
+    vqvae.to(device)
+    vcfg = vqvae.config
+    if (gcfg.n_codes, gcfg.latent_shape) != (vcfg.n_codes, vcfg.latent_shape):
+        raise ValueError(f"the prior expects {gcfg.n_codes} codes of shape {gcfg.latent_shape} but the VQ-VAE makes "
+                         f"{vcfg.n_codes} of shape {vcfg.latent_shape}: use the same preset for both stages")
+    dataset = dataset or make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)
+    if tcfg.codes_file:
+        encoded = encode_dataset(vqvae, dataset, tcfg.codes_file)
+        dataset = CodesDataset(dataset, encoded, keep_video=gcfg.n_cond_frames > 0)
+    fixed = {k: v[:4] for k, v in torch.utils.data.default_collate([dataset[i] for i in range(4)]).items()}
+
+    def step_fn(model, batch):
+        codes = batch['codes'] if 'codes' in batch else vqvae.encode(batch['video'])
+        frames, cond = gpt_inputs(gcfg, batch)
+        _, loss = model(codes, frames, cond)
+        # bits per token = nats / ln 2; the uniform baseline is log2(n_codes)
+        return loss, dict(bits_per_token=loss.detach() / math.log(2))
+
+    def on_sample(model, step):
+        frames, cond = gpt_inputs(gcfg, {k: v.to(device) for k, v in fixed.items()})
+        codes = model.sample(4, frames, cond, generator=torch.Generator(device).manual_seed(0))
+        with torch.no_grad():
+            video = vqvae.decode(codes).clamp(-0.5, 0.5).cpu()
+        data.save_video_grid(video, os.path.join(tcfg.out_dir, 'samples.gif'))
+    torch.manual_seed(tcfg.seed)
+    return train(VideoGPT(gcfg), 'gpt', step_fn, dataset, tcfg, gcfg, on_sample,
+                 extra=dict(vqvae=os.path.abspath(tcfg.vqvae)))  # a reference to stage 1, not a copy of it
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Sampling to files, and the command line
+
+
+@torch.no_grad()
+def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed=0, **sampling):
+    """Sample n videos from a prior checkpoint (its VQ-VAE is found through the checkpoint) and write a GIF/MP4."""
+    import data
+    device = setup_device()[0]
+    gpt = load_model(gpt_path).to(device)
+    vqvae = load_model(load_checkpoint(gpt_path)['vqvae']).to(device)
+    to = (lambda x: x if x is None else x.to(device))
+    codes = gpt.sample(n, to(frames), to(cond), generator=torch.Generator(device).manual_seed(seed), **sampling)
+    video = vqvae.decode(codes).clamp(-0.5, 0.5).cpu()
+    if frames is not None:  # show the given conditioning frames in place of their reconstruction
+        video[:, :, :frames.shape[2]] = frames
+    data.save_video_grid(video, out)
+    return video
+
+
+def _add_dataclass_args(parser, cls, skip=()):
+    """One --flag per dataclass field, so the command line can override every hyper-parameter."""
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        flag, kind = '--' + f.name.replace('_', '-'), type(f.default)
+        if kind is bool:
+            parser.add_argument(flag, type=lambda s: s.lower() in ('1', 'true', 'yes'), default=None,
+                                metavar='BOOL')
+        elif kind is tuple:
+            parser.add_argument(flag, type=int, nargs=len(f.default), default=None)
+        else:
+            parser.add_argument(flag, type=kind, default=None)
+
+
+def _fill(cfg, args):
+    """A copy of the dataclass cfg with the flags that were given."""
+    given = {f.name: getattr(args, f.name) for f in fields(cfg) if getattr(args, f.name, None) is not None}
+    return type(cfg)(**dict(asdict(cfg), **given))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="VideoGPT: train a VQ-VAE, then a prior over its codes, then sample.")
+    sub = p.add_subparsers(dest='cmd', required=True)
+    for cmd, cfg_cls in (('train-vqvae', VQVAEConfig), ('train-gpt', GPTConfig)):
+        s = sub.add_parser(cmd, help=f"train the {'VQ-VAE (stage 1)' if cmd == 'train-vqvae' else 'prior (stage 2)'}")
+        s.add_argument('--preset', default='mnist', help=f"one of {', '.join(PRESETS)}")
+        _add_dataclass_args(s, cfg_cls, skip=('n_codes', 'latent_shape') if cfg_cls is GPTConfig else ())
+        _add_dataclass_args(s, TrainConfig)
+    s = sub.add_parser('sample', help="sample videos from a prior checkpoint")
+    s.add_argument('--gpt', required=True, help="the prior's ckpt.pt")
+    s.add_argument('--n', type=int, default=8)
+    s.add_argument('--out', default='samples.gif', help=".gif or .mp4")
+    s.add_argument('--temperature', type=float, default=1.0)
+    s.add_argument('--top-k', type=int)
+    s.add_argument('--top-p', type=float)
+    s.add_argument('--seed', type=int, default=0)
+    s.add_argument('--frames-from', help="conditioning frames: 'val' / 'train' (a dataset split) or a video file")
+    s.add_argument('--actions', help="a .npy of actions (n, T, 4) or (T, 4), for action-conditioned priors")
+    s.add_argument('--dataset', default='mnist')
+    s.add_argument('--data-dir', default='')
+    s.add_argument('--mnist-dir', default='')
+    d = sub.add_parser('demo', help="train both stages on Moving MNIST on a CPU (<10 min), write samples.gif")
+    d.add_argument('--out-dir', default='runs/demo')
+    d.add_argument('--mnist-dir', default='')
+    d.add_argument('--vqvae-steps', type=int, default=1500)
+    d.add_argument('--gpt-steps', type=int, default=1500)
+    args = p.parse_args(argv)
+
+    if args.cmd in ('train-vqvae', 'train-gpt'):
+        vcfg, gcfg = preset_configs(args.preset)
+        tcfg = _fill(TrainConfig(out_dir=f"runs/{args.cmd[6:]}"), args)
+        if args.cmd == 'train-vqvae':
+            train_vqvae(_fill(vcfg, args), tcfg)
+        else:
+            if not tcfg.vqvae:
+                p.error("train-gpt needs --vqvae PATH/ckpt.pt (from train-vqvae)")
+            vq = load_checkpoint(tcfg.vqvae)['config']  # fit the prior to the codes of this VQ-VAE
+            gcfg = _fill(GPTConfig(**dict(asdict(gcfg), n_codes=vq['n_codes'], frame_channels=vq['in_channels'],
+                                          latent_shape=VQVAEConfig(**vq).latent_shape,
+                                          frame_size=vq['resolution'])), args)
+            train_gpt(gcfg, tcfg)
+    elif args.cmd == 'sample':
+        gcfg = GPTConfig(**load_checkpoint(args.gpt)['config'])
+        frames = cond = None
+        vq_cfg = VQVAEConfig(**load_checkpoint(load_checkpoint(args.gpt)['vqvae'])['config'])
+        if gcfg.n_cond_frames:
+            if not args.frames_from:
+                p.error("this prior is frame-conditioned: pass --frames-from val|train|VIDEO_FILE")
+            if os.path.isfile(args.frames_from):
+                import data
+                clip = data.to_video(data.decode_video(args.frames_from, vq_cfg.resolution)[:vq_cfg.sequence_length])
+                batch = dict(video=clip[None].expand(args.n, -1, -1, -1, -1))
+            else:
+                tc = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, mnist_dir=args.mnist_dir)
+                ds = make_dataset(tc, vq_cfg.sequence_length, vq_cfg.resolution, train=args.frames_from == 'train')
+                batch = torch.utils.data.default_collate([ds[i] for i in range(args.n)])
+            frames, cond = gpt_inputs(gcfg, batch) if not gcfg.cond_dim else (gpt_inputs(gcfg, batch)[0], None)
+        if gcfg.cond_dim:
+            if not args.actions:
+                p.error("this prior is vector-conditioned: pass --actions FILE.npy")
+            import numpy as np
+            cond = torch.as_tensor(np.load(args.actions), dtype=torch.float32)
+            cond = cond.expand(args.n, *cond.shape) if cond.ndim == 2 else cond
+        sample_videos(args.gpt, args.n, args.out, frames, cond, args.seed, temperature=args.temperature,
+                      top_k=args.top_k, top_p=args.top_p)
+        print(f"wrote {args.out}")
+    elif args.cmd == 'demo':
+        demo(args)
+
+
+def demo(args):
+    """Both stages on Moving MNIST with the 'demo' preset, then samples.gif and recon.png in args.out_dir."""
+    vcfg, gcfg = preset_configs('demo')
+    common = dict(dataset='mnist', mnist_dir=args.mnist_dir, num_workers=0, log_every=50, warmup=100)
+    t0 = time.time()
+    train_vqvae(vcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'vqvae'), steps=args.vqvae_steps, batch_size=8,
+                                  lr=1e-3, sample_every=args.vqvae_steps, ckpt_every=args.vqvae_steps, **common))
+    vq_path = os.path.join(args.out_dir, 'vqvae', 'ckpt.pt')
+    train_gpt(gcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'gpt'), steps=args.gpt_steps, batch_size=16,
+                                lr=1e-3, sample_every=args.gpt_steps, ckpt_every=args.gpt_steps, vqvae=vq_path,
+                                **common))
+    out = os.path.join(args.out_dir, 'samples.gif')
+    sample_videos(os.path.join(args.out_dir, 'gpt', 'ckpt.pt'), n=16, out=out)
+    print(f"demo done in {time.time() - t0:.0f} s: {out}, {os.path.join(args.out_dir, 'vqvae', 'recon.png')}")
+
+
+if __name__ == '__main__':
+    main()
