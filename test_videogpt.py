@@ -1,15 +1,28 @@
 """Tests for videogpt.py (and data.py): tiny configs on CPU, all seeded. Run: python -m pytest -q test_videogpt.py"""
 import copy
+import functools
+import gzip
+import hashlib
+import http.server
 import math
 import os
+import pickle
 import re
+import struct
 import subprocess
 import sys
+import tarfile
+import threading
+import time
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
+import data
 import videogpt as vg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -622,3 +635,457 @@ def test_ddp_two_cpu_ranks_hold_identical_weights_and_codebooks(tmp_path):
         assert torch.equal(a[k], b[k]), k
     # and training did something: the codebook moved away from its initial state on both
     assert not torch.equal(a['codebook.embed_sum'], a['codebook.embeddings'] * a['codebook.cluster_size'][:, None])
+
+
+@pytest.fixture
+def mnist_dir(tmp_path):
+    """A folder of MNIST-format IDX files (font-rendered digits): what --mnist-dir expects, made without network."""
+    images, labels = data.render_font_digits(64)
+    _data_write_idx(tmp_path / 'train-images-idx3-ubyte.gz', images, 2051)
+    _data_write_idx(tmp_path / 'train-labels-idx1-ubyte.gz', labels.astype('uint8'), 2049)
+    return tmp_path
+
+
+def _cli(*args):
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'videogpt.py'), *map(str, args)], capture_output=True,
+                       text=True, cwd=HERE, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.slow
+def test_command_line_train_both_stages_then_sample(tmp_path, mnist_dir):
+    common = ['--preset', 'demo', '--mnist-dir', mnist_dir, '--steps', 2, '--batch-size', 2, '--num-workers', 0,
+              '--warmup', 1]
+    _cli('train-vqvae', *common, '--out-dir', tmp_path / 'vq', '--n-hiddens', 16)  # a flag overrides the preset
+    assert vg.load_model(tmp_path / 'vq' / 'ckpt.pt').config.n_hiddens == 16
+    _cli('train-gpt', *common, '--out-dir', tmp_path / 'gpt', '--vqvae', tmp_path / 'vq' / 'ckpt.pt',
+         '--n-layer', 1)
+    assert (tmp_path / 'gpt' / 'samples.gif').exists() and (tmp_path / 'vq' / 'recon.png').exists()
+    _cli('sample', '--gpt', tmp_path / 'gpt' / 'ckpt.pt', '--n', 2, '--out', tmp_path / 's.gif', '--top-k', 5)
+    import imageio.v3 as iio
+    frames = iio.imread(tmp_path / 's.gif')
+    assert frames.shape[0] == 8  # one GIF frame per video frame of the demo preset
+
+
+def test_command_line_errors_name_the_fix(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'videogpt.py'), 'train-gpt', '--preset', 'demo'],
+                       capture_output=True, text=True, cwd=HERE)
+    assert r.returncode != 0 and '--vqvae' in r.stderr
+    with pytest.raises(ValueError, match='unknown preset.*bair-8x32x32'):
+        vg.preset_configs('bair')
+    with pytest.raises(FileNotFoundError, match='no checkpoint at'):
+        vg.load_model(tmp_path / 'missing.pt')
+
+
+def test_presets_build_with_their_paper_shapes():
+    shapes = {'mnist': (4, 16, 16), 'bair-8x32x32': (8, 32, 32), 'bair-4x32x32': (4, 32, 32),
+              'ucf101': (4, 32, 32)}
+    for name, shape in shapes.items():
+        vcfg, gcfg = vg.preset_configs(name)
+        assert vcfg.latent_shape == shape and gcfg.latent_shape == shape and gcfg.n_codes == vcfg.n_codes
+    assert vg.preset_configs('ucf101')[0].resolution == 128
+
+
+def test_readme_example_runs():
+    text = open(os.path.join(HERE, 'README.md')).read()
+    code = re.search(r'<!-- example -->\s*```python\n(.*?)```', text, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 12
+    exec(compile(code, 'README.md', 'exec'), {})
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# data.py: loaders tested on small files written in the real formats
+# ------------------------------------------------------------------------------------------------------------------
+# Helpers (prefixed _data_ so that this file can be merged into test_videogpt.py)
+
+
+def _data_write_idx(path, array, magic):
+    """Write array (uint8) as an IDX .gz file: big-endian magic, one uint32 per dim, then the bytes."""
+    header = struct.pack(f'>I{array.ndim}I', magic, *array.shape)
+    with gzip.open(path, 'wb') as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def _data_fake_mnist(folder, n=6, split='train'):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    _data_write_idx(folder / data.MNIST_FILES[split][0], images, 2051)
+    _data_write_idx(folder / data.MNIST_FILES[split][1], labels, 2049)
+    return images, labels
+
+
+class _DataQuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def _data_serve(directory):
+    """An HTTP server on 127.0.0.1 for a directory; the caller calls .shutdown()."""
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
+                                             functools.partial(_DataQuietHandler, directory=str(directory)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _data_write_bair_tar(tmp_path, layout=None, seed=0):
+    """A tar in the exact BAIR layout (ignored keys included); returns (tar path, {member: [(frames, actions)]})."""
+    from tfrecord.writer import TFRecordWriter
+    layout = layout or {'train': [2, 3, 1], 'test': [2]}
+    rng, written = np.random.default_rng(seed), {}
+    for split, counts in layout.items():
+        for j, n in enumerate(counts):
+            name = f'softmotion30_44k/{split}/traj_{256 * j}_to_{256 * j + 255}.tfrecords'
+            path = tmp_path / 'src' / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer, written[name] = TFRecordWriter(str(path)), []
+            for _ in range(n):
+                frames = rng.integers(0, 256, (30, 64, 64, 3), dtype=np.uint8)
+                actions = rng.standard_normal((30, 4)).astype(np.float32)
+                datum = {}
+                for i in range(30):
+                    datum[f'{i}/image_aux1/encoded'] = (frames[i].tobytes(), 'byte')
+                    datum[f'{i}/image_main/encoded'] = (rng.bytes(64 * 64 * 3), 'byte')
+                    datum[f'{i}/action'] = (actions[i].tolist(), 'float')
+                    datum[f'{i}/endeffector_pos'] = (rng.standard_normal(3).tolist(), 'float')
+                writer.write(datum)
+                written[name].append((frames, actions))
+            writer.close()
+    tar_path = tmp_path / 'bair_robot_pushing_dataset_v0.tar'
+    with tarfile.open(tar_path, 'w') as tar:
+        for name in sorted(written, reverse=True):  # archive order unlike sorted order, on purpose
+            tar.add(tmp_path / 'src' / name, arcname=name)
+    return tar_path, written
+
+
+def _data_write_video(path, frames, fps=10):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == '.gif':
+        iio.imwrite(path, frames, duration=1000 / fps, loop=0)
+    else:
+        iio.imwrite(path, frames, fps=fps)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Moving MNIST
+
+
+def test_data_to_video_range():
+    frames = np.array([0, 255], np.uint8).reshape(2, 1, 1, 1).repeat(3, 3)  # (T, H, W, C)
+    video = data.to_video(frames)
+    assert video.shape == (3, 2, 1, 1) and video.dtype == torch.float32
+    assert video.min() == -0.5 and video.max() == 0.5
+
+
+def test_data_moving_mnist_shapes_range_determinism():
+    digits = np.random.default_rng(0).integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    ds = data.MovingMNIST(digits, n_frames=12, n_digits=3, length=50, seed=1)
+    x = ds[5]['video']
+    assert x.shape == (1, 12, 64, 64) and x.dtype == torch.float32
+    assert -0.5 <= x.min() and x.max() <= 0.5 and x.max() > 0
+    assert torch.equal(x, data.MovingMNIST(digits, n_frames=12, n_digits=3, length=50, seed=1)[5]['video'])
+    assert not torch.equal(x, data.MovingMNIST(digits, n_frames=12, n_digits=3, length=50, seed=2)[5]['video'])
+    assert not torch.equal(x, ds[6]['video'])
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    assert batch['video'].shape == (4, 1, 12, 64, 64)
+
+
+def test_data_moving_mnist_bounces_and_stays_in_bounds():
+    ds = data.MovingMNIST(np.zeros((3, 28, 28), np.uint8), n_frames=100, n_digits=2)
+    reversals, norms = 0, []
+    for idx in range(20):
+        _, corners = ds.trajectory(idx)  # (T, n_digits, 2)
+        assert corners.min() >= 0 and corners.max() <= 64 - 28
+        steps = np.diff(corners, axis=0)
+        norms.append(np.linalg.norm(steps, axis=-1))
+        reversals += (steps[1:] * steps[:-1] < 0).sum()  # a coordinate that moved one way, then the other
+    # Rounding adds at most ~1 px to the 3.6 px step; clamping at a wall only shortens the odd step.
+    assert np.max(norms) <= 3.6 + 1.5 and abs(np.mean(norms) - 3.6) < 0.3
+    assert reversals > 20 * 2 * 5  # 100 frames cross the 36 px range ~10 times: digits bounce, never stick
+
+
+def test_data_moving_mnist_combines_digits_with_max():
+    digits = np.stack([np.full((28, 28), 100, np.uint8), np.full((28, 28), 200, np.uint8)])
+    ds = data.MovingMNIST(digits, n_frames=10, n_digits=2)
+    overlaps = 0
+    for idx in range(30):
+        ids, corners = ds.trajectory(idx)
+        expected = np.zeros((10, 64, 64), np.uint8)
+        count = np.zeros((10, 64, 64), int)
+        for t in range(10):
+            for d, (y, x) in zip(ids, corners[t]):
+                expected[t, y:y + 28, x:x + 28] = np.maximum(expected[t, y:y + 28, x:x + 28], digits[d])
+                count[t, y:y + 28, x:x + 28] += 1
+        got = np.rint((ds[idx]['video'][0].numpy() + 0.5) * 255).astype(np.uint8)
+        np.testing.assert_array_equal(got, expected)
+        overlaps += (count == 2).sum()
+    assert overlaps > 0  # the comparison above covered overlapping digits
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# MNIST files, downloads and the fallback
+
+
+def test_data_idx_reader_and_errors(tmp_path):
+    images, labels = _data_fake_mnist(tmp_path / 'mnist')
+    got_images, got_labels, source = data.load_mnist(tmp_path / 'mnist', download=False, fallback=False)
+    np.testing.assert_array_equal(got_images, images)
+    np.testing.assert_array_equal(got_labels, labels)
+    assert got_labels.dtype == np.int64 and 'MNIST train' in source and 'NOT' not in source
+    # Header says 6 images, body holds 5: truncated.
+    bad = tmp_path / 'short.gz'
+    with gzip.open(bad, 'wb') as f:
+        f.write(struct.pack('>4I', 2051, 6, 28, 28) + images[:5].tobytes())
+    with pytest.raises(ValueError, match='short.gz.*truncated'):
+        data.read_idx(bad, 2051)
+    cut = tmp_path / 'cut.gz'  # a .gz cut in the middle of its stream
+    cut.write_bytes((tmp_path / 'mnist' / 'train-images-idx3-ubyte.gz').read_bytes()[:500])
+    with pytest.raises(ValueError, match='cut.gz'):
+        data.read_idx(cut, 2051)
+    with pytest.raises(ValueError, match='train-labels.*magic number 2051'):
+        data.read_idx(tmp_path / 'mnist' / 'train-labels-idx1-ubyte.gz', 2051)
+    with pytest.raises(FileNotFoundError, match='t10k-images'):
+        data.load_mnist(tmp_path / 'mnist', split='test')
+
+
+def test_data_mnist_download_md5_and_cache(tmp_path, monkeypatch):
+    images, _ = _data_fake_mnist(tmp_path / 'mirror')
+    for name in data.MNIST_FILES['train']:
+        monkeypatch.setitem(data.MNIST_MD5, name, hashlib.md5((tmp_path / 'mirror' / name).read_bytes()).hexdigest())
+    server = _data_serve(tmp_path / 'mirror')
+    try:
+        dead = 'http://127.0.0.1:9/'  # the first mirror is down: the second one serves
+        monkeypatch.setattr(data, 'MNIST_MIRRORS', [dead, f'http://127.0.0.1:{server.server_port}/'])
+        got, _, source = data.load_mnist(cache_dir=tmp_path / 'cache', fallback=False)
+        np.testing.assert_array_equal(got, images)
+        assert str(tmp_path / 'cache') in source
+        monkeypatch.setattr(data, 'MNIST_MIRRORS', [dead])  # now cached: no network needed
+        assert data.load_mnist(cache_dir=tmp_path / 'cache', fallback=False)[2] == source
+        monkeypatch.setitem(data.MNIST_MD5, 'train-images-idx3-ubyte.gz', '0' * 32)  # a corrupt mirror
+        monkeypatch.setattr(data, 'MNIST_MIRRORS', [f'http://127.0.0.1:{server.server_port}/'])
+        with pytest.raises(RuntimeError, match='md5'):
+            data.load_mnist(cache_dir=tmp_path / 'cache2', fallback=False)
+        assert not list((tmp_path / 'cache2').glob('train-images*'))  # nothing bad left behind
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_data_mnist_offline_fallback_is_named_honestly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, 'MNIST_MIRRORS', ['http://127.0.0.1:9/'])  # a closed port: fails at once
+    start = time.time()
+    with pytest.raises(RuntimeError, match='mnist_dir'):
+        data.load_mnist(cache_dir=tmp_path, fallback=False)
+    assert time.time() - start < data.DOWNLOAD_TIMEOUT
+    images, labels, source = data.load_mnist(cache_dir=tmp_path, fallback=True)
+    assert source == data.FALLBACK_SOURCE and 'NOT MNIST' in source
+    assert 'NOT MNIST' in capsys.readouterr().out
+    assert images.shape == (10_000, 28, 28) and images.dtype == np.uint8
+    assert set(labels.tolist()) == set(range(10)) and labels.dtype == np.int64
+    # Digits carry ink, centred like MNIST's 20x20 box in 28x28, and jitter makes copies differ.
+    assert images[:100].max() == 255 and images[:, :2].max() < 128 and images[:, :, :2].max() < 128
+    same = images[labels == 3]
+    assert not np.array_equal(same[0], same[1])
+
+
+def test_data_moving_mnist_test_file(tmp_path, monkeypatch):
+    seq = np.random.default_rng(0).integers(0, 256, (20, 7, 64, 64), dtype=np.uint8)  # time first, like the file
+    path = tmp_path / 'mnist_test_seq.npy'
+    np.save(path, seq)
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    ds = data.load_moving_mnist_test(tmp_path, md5=md5)  # a folder holding the file works too
+    assert len(ds) == 7
+    item = ds[3]
+    assert item['video'].shape == (1, 20, 64, 64)
+    torch.testing.assert_close(item['video'][0], torch.from_numpy(seq[:, 3]).float() / 255 - 0.5)
+    assert torch.equal(item['context'], item['video'][:, :10]) and torch.equal(item['target'], item['video'][:, 10:])
+    assert next(iter(DataLoader(ds, batch_size=4)))['target'].shape == (4, 1, 10, 64, 64)
+    with pytest.raises(ValueError, match='md5'):
+        data.load_moving_mnist_test(path)  # the official md5 does not match a home-made file
+    assert len(data.load_moving_mnist_test(path, md5=None)) == 7
+    np.save(tmp_path / 'wrong.npy', seq.transpose(1, 0, 2, 3)[:, :, :32])
+    with pytest.raises(ValueError, match='wrong.npy.*time first'):
+        data.load_moving_mnist_test(tmp_path / 'wrong.npy', md5=None)
+    with pytest.raises(FileNotFoundError, match='missing.npy'):
+        data.load_moving_mnist_test(tmp_path / 'missing.npy')
+    monkeypatch.setattr(data, 'MMNIST_TEST_URL', 'http://127.0.0.1:9/mnist_test_seq.npy')
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(RuntimeError, match='could not download.*by hand'):
+        data.load_moving_mnist_test(tmp_path / 'empty', download=True)
+    assert not list((tmp_path / 'empty').iterdir())  # no .part file left
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# BAIR
+
+
+def test_data_bair_round_trip_is_exact(tmp_path):
+    tar_path, written = _data_write_bair_tar(tmp_path)
+    marker = data.convert_bair(tar_path, tmp_path / 'bair')
+    names = sorted(written)
+    train = [n for n in names if '/train/' in n]
+    expected = {'train': train[:-1], 'val': train[-1:], 'test': [n for n in names if '/test/' in n]}
+    for split, files in expected.items():
+        assert marker['splits'][split]['files'] == files
+        frames = np.load(tmp_path / 'bair' / f'{split}_frames.npy')
+        actions = np.load(tmp_path / 'bair' / f'{split}_actions.npy')
+        records = [r for f in files for r in written[f]]
+        assert frames.shape == (len(records), 30, 64, 64, 3) and frames.dtype == np.uint8
+        assert actions.shape == (len(records), 30, 4) and actions.dtype == np.float32
+        for i, (f, a) in enumerate(records):
+            assert frames[i].tobytes() == f.tobytes() and actions[i].tobytes() == a.tobytes()
+    assert (tmp_path / 'bair' / data.BAIR_MARKER).exists() and not list((tmp_path / 'bair').glob('*.partial'))
+
+
+def test_data_bair_windows(tmp_path):
+    tar_path, written = _data_write_bair_tar(tmp_path, {'train': [3, 1], 'test': [1]})
+    data.convert_bair(tar_path, tmp_path / 'bair')
+    frames = np.load(tmp_path / 'bair' / 'train_frames.npy')
+    actions = np.load(tmp_path / 'bair' / 'train_actions.npy')
+    ds = data.BAIR(tmp_path / 'bair', 'train', n_frames=16, train=True)
+    torch.manual_seed(0)
+    assert {ds.window_start(0) for _ in range(2000)} == set(range(15))  # 0..14, the last start included
+    for idx in range(len(ds)):
+        item = ds[idx]
+        assert item['video'].shape == (3, 16, 64, 64) and item['actions'].shape == (16, 4)
+        # The video is some window of the sequence, and the actions belong to that same window.
+        starts = [s for s in range(15) if torch.equal(item['video'], data.to_video(frames[idx, s:s + 16]))]
+        assert len(starts) == 1 and torch.equal(item['actions'], torch.from_numpy(actions[idx, starts[0]:][:16]))
+    full = data.BAIR(tmp_path / 'bair', 'train', n_frames=30, train=True)
+    assert {full.window_start(0) for _ in range(50)} == {0}
+    ev = data.BAIR(tmp_path / 'bair', 'val', n_frames=16, train=False)
+    val_frames = np.load(tmp_path / 'bair' / 'val_frames.npy')
+    assert torch.equal(ev[0]['video'], ev[0]['video'])
+    assert torch.equal(ev[0]['video'], data.to_video(val_frames[0, :16]))  # evaluation: the first frames
+    batch = next(iter(DataLoader(ds, batch_size=2)))
+    assert batch['video'].shape == (2, 3, 16, 64, 64) and batch['actions'].shape == (2, 16, 4)
+    assert len(pickle.dumps(ds)) < 10_000  # workers get the paths, not a copy of the memory-mapped arrays
+
+
+def test_data_bair_truncated_or_corrupt_input_names_the_file(tmp_path):
+    tar_path, _ = _data_write_bair_tar(tmp_path, {'train': [1, 1], 'test': [1]})
+    victim = tmp_path / 'src' / 'softmotion30_44k/train/traj_256_to_511.tfrecords'
+    raw = victim.read_bytes()
+    victim.write_bytes(raw[:-100])  # a record cut short
+    with tarfile.open(tmp_path / 'cut.tar', 'w') as tar:
+        tar.add(tmp_path / 'src' / 'softmotion30_44k', arcname='softmotion30_44k')
+    with pytest.raises(ValueError, match='traj_256_to_511.*truncated'):
+        data.convert_bair(tmp_path / 'cut.tar', tmp_path / 'out1')
+    victim.write_bytes(raw[:5000] + bytes([raw[5000] ^ 1]) + raw[5001:])  # one flipped bit: the data CRC fails
+    with tarfile.open(tmp_path / 'flip.tar', 'w') as tar:
+        tar.add(tmp_path / 'src' / 'softmotion30_44k', arcname='softmotion30_44k')
+    with pytest.raises(ValueError, match='traj_256_to_511.*corrupt'):
+        data.convert_bair(tmp_path / 'flip.tar', tmp_path / 'out2')
+    whole = tar_path.read_bytes()
+    (tmp_path / 'half.tar').write_bytes(whole[:len(whole) // 2])  # the download stopped half way
+    with pytest.raises(OSError, match='half.tar'):
+        data.convert_bair(tmp_path / 'half.tar', tmp_path / 'out3')
+    for out in ('out1', 'out2', 'out3'):
+        assert not (tmp_path / out / data.BAIR_MARKER).exists()
+
+
+def test_data_bair_interrupted_conversion_is_refused(tmp_path, monkeypatch):
+    tar_path, _ = _data_write_bair_tar(tmp_path, {'train': [2, 1], 'test': [1]})
+    data.convert_bair(tar_path, tmp_path / 'bair')
+    assert len(data.BAIR(tmp_path / 'bair')) == 2
+    with pytest.raises(OSError, match='typo.tar'):
+        data.convert_bair(tmp_path / 'typo.tar', tmp_path / 'bair')
+    assert len(data.BAIR(tmp_path / 'bair')) == 2  # a wrong tar path leaves a finished dataset alone
+    calls, parse = [], data._parse_bair_example
+
+    def dies_on_third_record(record, name):
+        calls.append(name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return parse(record, name)
+
+    monkeypatch.setattr(data, '_parse_bair_example', dies_on_third_record)
+    with pytest.raises(KeyboardInterrupt):
+        data.convert_bair(tar_path, tmp_path / 'bair')  # a rerun over a finished directory, interrupted
+    assert not (tmp_path / 'bair' / data.BAIR_MARKER).exists()
+    with pytest.raises(FileNotFoundError, match='did not finish.*python data.py bair'):
+        data.BAIR(tmp_path / 'bair')
+
+
+def test_data_bair_download_failure_is_clear(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, 'BAIR_URL', 'http://127.0.0.1:9/bair_robot_pushing_dataset_v0.tar')
+    with pytest.raises(RuntimeError, match='127.0.0.1:9.*by hand.*--tar'):
+        data.download_bair(tmp_path)
+    assert not list(tmp_path.iterdir())  # no .part file left
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Video folders and the grid
+
+
+def _data_make_video_folder(root):
+    """classA: 2 gifs (20 and 17 frames) + 1 mp4 (24 frames); classB: 1 gif (9 frames) + 1 too short (5 frames)."""
+    rng = np.random.default_rng(0)
+    stripes = np.zeros((20, 40, 80, 3), np.uint8)  # red | green | blue quarters: the centre crop is all green
+    stripes[:, :, :20, 0], stripes[:, :, 20:60, 1], stripes[:, :, 60:, 2] = 255, 255, 255
+    stripes[:, 0, 0] = np.arange(20)[:, None] * 10  # frames must differ, or the GIF writer merges them into one
+    _data_write_video(root / 'classA' / 'stripes.gif', stripes)
+    _data_write_video(root / 'classA' / 'noise.gif', rng.integers(0, 256, (17, 30, 30, 3), dtype=np.uint8))
+    _data_write_video(root / 'classA' / 'sub' / 'clip.mp4', rng.integers(0, 256, (24, 48, 64, 3), dtype=np.uint8))
+    _data_write_video(root / 'classB' / 'grey.gif', rng.integers(0, 256, (9, 36, 36), dtype=np.uint8))
+    _data_write_video(root / 'classB' / 'short.gif', rng.integers(0, 256, (5, 36, 36, 3), dtype=np.uint8))
+
+
+def test_data_video_folder(tmp_path, monkeypatch):
+    root, cache = tmp_path / 'videos', tmp_path / 'cache'
+    _data_make_video_folder(root)
+    with pytest.warns(UserWarning, match='short.gif'):
+        ds = data.VideoFolder(root, n_frames=8, resolution=32, train=False, cache_dir=cache)
+    assert ds.classes == ['classA', 'classB']
+    assert len(ds) == 3 + 2 + 2 + 1  # clip.mp4 24 // 8, noise 17 // 8, stripes 20 // 8, grey 9 // 8
+    labels = [int(ds[i]['label']) for i in range(len(ds))]
+    assert labels == [0] * 7 + [1]
+    for i in range(len(ds)):
+        assert ds[i]['video'].shape == (3, 8, 32, 32) and ds[i]['label'].dtype == torch.int64
+        assert torch.equal(ds[i]['video'], ds[i]['video'])  # evaluation clips are deterministic
+    stripes = [ds[i]['video'] for i in range(len(ds)) if 'stripes' in ds.videos[ds.clips[i][0]].name][0]
+    centre = (stripes[:, :, 4:-4, 4:-4] + 0.5) * 255  # away from the antialiased borders
+    assert centre[1].min() > 200 and centre[0].max() < 60 and centre[2].max() < 60
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    assert batch['video'].shape == (4, 3, 8, 32, 32) and batch['label'].shape == (4,)
+
+    def no_decoding(*args):
+        raise AssertionError('decoded although the cache holds the video')
+
+    monkeypatch.setattr(data, 'decode_video', no_decoding)  # a second pass reads only the cache
+    with pytest.warns(UserWarning):
+        again = data.VideoFolder(root, n_frames=8, resolution=32, train=True, cache_dir=cache)
+    torch.manual_seed(0)
+    assert again[0]['video'].shape == (3, 8, 32, 32)
+    (root / 'classB' / 'grey.gif').touch()  # a changed file is decoded again
+    with pytest.raises(AssertionError, match='decoded although'):
+        data.VideoFolder(root, n_frames=8, resolution=32, cache_dir=cache)
+
+
+def test_data_video_folder_errors_and_no_labels(tmp_path):
+    flat = tmp_path / 'flat'
+    _data_write_video(flat / 'a.gif', np.arange(8, dtype=np.uint8).repeat(1200).reshape(8, 20, 20, 3) * 30)
+    ds = data.VideoFolder(flat, n_frames=4, resolution=16, cache_dir=tmp_path / 'cache')
+    assert ds.classes == [] and 'label' not in ds[0] and len(ds) == 2
+    (flat / 'bad.gif').write_bytes(b'not a gif at all')
+    with pytest.raises(ValueError, match='bad.gif'):
+        data.VideoFolder(flat, n_frames=4, resolution=16, cache_dir=tmp_path / 'cache')
+    with pytest.raises(FileNotFoundError, match='no .mp4'):
+        data.VideoFolder(tmp_path / 'cache', cache_dir=tmp_path / 'cache')
+
+
+def test_data_save_video_grid(tmp_path):
+    video = torch.rand(5, 1, 4, 16, 16) - 0.5
+    video[0, :, :, :, :] = 0.5  # first tile white, to check the range mapping
+    grid = data.save_video_grid(video, tmp_path / 'grid.gif', fps=5)
+    assert grid.shape == (4, 2 * 18, 3 * 18, 3) and grid.dtype == np.uint8  # 3 per row, 1 px border per side
+    assert grid[:, 1:17, 1:17].min() == 255 and grid[:, 0].max() == 0
+    assert iio.imread(tmp_path / 'grid.gif').shape[:3] == (4, 36, 54)
+    still = data.save_video_grid(video.numpy(), tmp_path / 'grid.png')
+    assert still.shape == (5 * 18, 4 * 18, 3)
+    np.testing.assert_array_equal(iio.imread(tmp_path / 'grid.png'), still)
+    data.save_video_grid(torch.zeros(2, 3, 6, 16, 16), tmp_path / 'grid.mp4', nrow=2)
+    assert len(list(iio.imiter(tmp_path / 'grid.mp4'))) == 6
+    with pytest.raises(ValueError, match='.gif, .mp4 or .png'):
+        data.save_video_grid(video, tmp_path / 'grid.jpg')

@@ -1,0 +1,616 @@
+"""Datasets for VideoGPT (Yan et al. 2021, https://arxiv.org/abs/2104.10157): Moving MNIST, BAIR, folders of videos.
+
+Departs from the original repository (github.com/wilson1yan/VideoGPT) where it made data silently wrong or slow:
+Moving MNIST is generated here (Srivastava et al. 2015, https://arxiv.org/abs/1502.04681) from the official MNIST
+files, BAIR is converted from its TFRecords without TensorFlow and with every window start reachable, and decoded
+video clips are cached so that training is not bound by the video decoder.
+
+Every dataset returns a dict: 'video' float32 (C, T, H, W) in [-0.5, 0.5], plus 'actions' (T, 4) for BAIR and
+'label' int64 () for a VideoFolder with class subfolders. Axis legend: N samples, T frames, H/W pixels, C channels.
+"""
+import gzip
+import hashlib
+import http.client
+import json
+import math
+import os
+import struct
+import tarfile
+import urllib.request
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+CACHE_DIR = Path(os.environ.get('VIDEOGPT_CACHE', '~/.cache/videogpt')).expanduser()
+# Long enough for a slow mirror to answer, short enough that an offline machine gives up within a minute.
+DOWNLOAD_TIMEOUT = 30.0
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Helpers: value range, checksums, downloads
+
+
+def to_video(frames):
+    """uint8 frames (T, H, W) or (T, H, W, C) -> float32 tensor (C, T, H, W) in [-0.5, 0.5], the model's range."""
+    # In numpy, not torch: torch would spread this small op over its intra-op threads, which under a training job
+    # in the same process (num_workers=0) made it 100x slower in bench_data.py. Same float32 result either way.
+    x = torch.from_numpy(np.asarray(frames, np.float32) / np.float32(255) - np.float32(0.5))
+    return x.unsqueeze(0) if x.ndim == 3 else rearrange(x, 't h w c -> c t h w')
+
+
+def _md5(path):
+    h = hashlib.md5()
+    with open(path, 'rb') as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(url, dest, md5=None, hint=''):
+    """Fetch url into dest through a '.part' file, so an interrupted download never looks finished."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + '.part')
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as r, open(part, 'wb') as f:
+            total = int(r.headers.get('Content-Length') or 0) or None
+            with tqdm(total=total, unit='B', unit_scale=True, desc=f'download {dest.name}') as bar:
+                while chunk := r.read(1 << 20):
+                    bar.update(f.write(chunk))
+    except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, timeouts, refusals: OSError
+        part.unlink(missing_ok=True)
+        raise RuntimeError(f'could not download {url} ({e}). {hint}') from e
+    if md5 is not None and (got := _md5(part)) != md5:
+        part.unlink()
+        raise RuntimeError(f'{url} downloaded with md5 {got}, expected {md5}. {hint}')
+    os.replace(part, dest)
+    return dest
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# MNIST digits: official IDX files, download, and an honestly named font fallback
+
+
+MNIST_MIRRORS = ['https://ossci-datasets.s3.amazonaws.com/mnist/',  # torchvision's mirror, then TensorFlow's
+                 'https://storage.googleapis.com/cvdf-datasets/mnist/']
+MNIST_FILES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+               'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
+MNIST_MD5 = {'train-images-idx3-ubyte.gz': 'f68b3c2dcbeaaa9fbdd348bbdeb94873',
+             'train-labels-idx1-ubyte.gz': 'd53e105ee54ea40749a09fcbcd1e9432',
+             't10k-images-idx3-ubyte.gz': '9fb629c4189551a2d022fa330f9573f3',
+             't10k-labels-idx1-ubyte.gz': 'ec29112dd5afa0611ce80d1b7f02629c'}
+FALLBACK_SOURCE = 'rendered font digits, NOT MNIST'
+
+
+def read_idx(path, magic):
+    """uint8 array shaped by an IDX file's header (.gz or raw); magic 2051 = images (N, H, W), 2049 = labels (N,)."""
+    path = Path(path)
+    try:
+        with (gzip.open if path.suffix == '.gz' else open)(path, 'rb') as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # a cut .gz ends before its end-of-stream marker: EOFError
+        raise ValueError(f'{path} is truncated or not an IDX file ({e}); download it again') from e
+    # The magic number's low byte is the number of dims, the next one the type (0x08 = uint8), e.g. 2051 = 0x0803.
+    ndim = magic & 0xFF
+    if len(raw) < 4 + 4 * ndim or int.from_bytes(raw[:4], 'big') != magic:
+        raise ValueError(f'{path} is not an IDX file with magic number {magic}; is it the right MNIST file?')
+    dims = struct.unpack(f'>{ndim}I', raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != math.prod(dims):
+        raise ValueError(f'{path} is truncated or corrupt: its header says {dims} = {math.prod(dims)} bytes, '
+                         f'found {data.size}; download it again')
+    return data.reshape(dims)
+
+
+def _read_mnist_pair(folder, split):
+    images_file, labels_file = (Path(folder) / name for name in MNIST_FILES[split])
+    images, labels = read_idx(images_file, 2051), read_idx(labels_file, 2049).astype(np.int64)
+    if images.shape[1:] != (28, 28) or len(images) != len(labels):
+        raise ValueError(f'{images_file} holds {images.shape}, {labels_file} {labels.shape}: '
+                         'expected N 28x28 images and N labels from the same MNIST split')
+    return images, labels
+
+
+def load_mnist(mnist_dir=None, split='train', download=True, fallback=True, cache_dir=None):
+    """(images uint8 (N, 28, 28), labels int64 (N,), source str) from mnist_dir, the cache, a mirror, or fonts.
+
+    Files a user puts in mnist_dir are validated by their IDX headers only, so a subset of MNIST works. Downloads go to
+    cache_dir (default ~/.cache/videogpt/mnist) and are md5-checked. With no files and no network, fallback=True
+    renders digits from fonts and says so; fallback=False raises.
+    """
+    if mnist_dir is not None:  # the user asked for these files: never fall back behind their back
+        missing = [n for n in MNIST_FILES[split] if not (Path(mnist_dir) / n).exists()]
+        if missing:
+            raise FileNotFoundError(f'{mnist_dir} lacks {missing}; download them from {MNIST_MIRRORS[0]} into it')
+        return (*_read_mnist_pair(mnist_dir, split), f'MNIST {split} from {mnist_dir}')
+    cache = Path(cache_dir or CACHE_DIR / 'mnist')
+    names = MNIST_FILES[split]
+    # Cached files are md5-checked: a download cut short, or a proxy's error page, must not pass for MNIST.
+    todo = [n for n in names if not (cache / n).exists() or _md5(cache / n) != MNIST_MD5[n]]
+    errors = []
+    for mirror in MNIST_MIRRORS if download else []:
+        try:
+            while todo:  # a file fetched from one mirror is not fetched again from the next
+                _download(mirror + todo[0], cache / todo[0], MNIST_MD5[todo[0]])
+                todo.pop(0)
+        except RuntimeError as e:
+            errors.append(str(e))
+    if not todo:
+        return (*_read_mnist_pair(cache, split), f'MNIST {split} from {cache}')
+    how = (f'download {list(names)} from {MNIST_MIRRORS[0]} (or yann.lecun.com/exdb/mnist) into a directory and pass '
+           f'it as mnist_dir (--mnist-dir), or put the official files in {cache}')
+    if not fallback:
+        raise RuntimeError(f'MNIST is not available ({"; ".join(errors) or "download=False"}). To fix: {how}.')
+    print(f'MNIST not available offline; using {FALLBACK_SOURCE} (10,000 jittered glyphs). For real MNIST: {how}.')
+    return (*render_font_digits(10_000), FALLBACK_SOURCE)
+
+
+def render_font_digits(n, seed=0):
+    """(images uint8 (n, 28, 28), labels int64 (n,)): digits 0-9 in matplotlib's bundled DejaVu fonts, NOT MNIST.
+
+    Each glyph is drawn once per font and weight with the Agg renderer, fitted into an 18x18 box centred in 28x28
+    (MNIST's box is 20x20; the margin leaves room for the jitter), then warped by a small random affine map.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(1, 1), dpi=96)
+    canvas = FigureCanvasAgg(fig)
+    text = fig.text(0.5, 0.5, '', ha='center', va='center', fontsize=60)
+    templates = []  # rendered at 2x (56 px) and averaged down after warping, which antialiases the warp
+    # Three families x two weights = six styles per digit, so that a class is not a single glyph.
+    for family in ('DejaVu Sans', 'DejaVu Serif', 'DejaVu Sans Mono'):
+        for weight in ('normal', 'bold'):
+            for digit in range(10):
+                text.set(text=str(digit), family=family, weight=weight)
+                canvas.draw()
+                ink = 255 - np.asarray(canvas.buffer_rgba())[..., 0].astype(np.float32)  # black text on white
+                ys, xs = np.nonzero(ink)
+                ink = torch.from_numpy(ink[ys.min():ys.max() + 1, xs.min():xs.max() + 1])[None, None]
+                h, w = (round(s * 36 / max(ink.shape[2:])) for s in ink.shape[2:])  # longer side 36 px at 2x
+                glyph = F.interpolate(ink, size=(h, w), mode='bilinear', antialias=True)[0, 0]
+                canvas56 = torch.zeros(56, 56)
+                canvas56[(56 - h) // 2:(56 - h) // 2 + h, (56 - w) // 2:(56 - w) // 2 + w] = glyph
+                templates.append(canvas56)
+    templates = torch.stack(templates).view(6, 10, 56, 56)  # (style, digit, 56, 56)
+    g = torch.Generator().manual_seed(seed)
+    labels, style = torch.randint(10, (n,), generator=g), torch.randint(6, (n,), generator=g)
+    # Jitter in normalised coordinates: +-12 degrees, 90-110 % scale, +-0.2 shear, +-1.5 px shift (1.5 / 14 px).
+    angle, scale, shear, shift = (torch.rand(n, k, generator=g) * 2 - 1 for k in (1, 1, 1, 2))
+    angle, scale, shear, shift = angle * math.radians(12), 1 + 0.1 * scale, 0.2 * shear, shift * 1.5 / 14
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.cat([cos, -sin + shear, shift[:, :1]], 1),
+                         torch.cat([sin, cos, shift[:, 1:]], 1)], 1)  # (n, 2, 3) output -> input coordinates
+    grid = F.affine_grid(theta, (n, 1, 56, 56), align_corners=False)
+    warped = F.grid_sample(templates[style, labels][:, None], grid, align_corners=False)  # (n, 1, 56, 56)
+    images = F.avg_pool2d(warped, 2)[:, 0].clamp(0, 255).round().to(torch.uint8)  # (n, 28, 28)
+    return images.numpy(), labels.numpy()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Moving MNIST (Srivastava et al. 2015): generated on the fly, and the fixed test set
+
+
+MMNIST_SIZE, DIGIT_SIZE = 64, 28
+# The original generator moves 0.1 of the free range (64 - 28 = 36 px) per frame: 3.6 px, in a uniform direction.
+MMNIST_STEP = 3.6
+
+
+class MovingMNIST(Dataset):
+    """{'video': (1, n_frames, 64, 64) in [-0.5, 0.5]}: n_digits bouncing digits; sample i is fixed by (seed, i)."""
+
+    def __init__(self, digits, n_frames=20, n_digits=2, length=10_000, seed=0):
+        # length only sets the epoch size (default: as many as the fixed test set); videos are made on the fly.
+        assert digits.dtype == np.uint8 and digits.shape[1:] == (DIGIT_SIZE, DIGIT_SIZE), digits.shape
+        self.digits, self.n_frames, self.n_digits, self.length, self.seed = digits, n_frames, n_digits, length, seed
+
+    def __len__(self):
+        return self.length
+
+    def trajectory(self, idx):
+        """(digit ids (n_digits,), top-left corners int (T, n_digits, 2) as (y, x)) of sample idx."""
+        # Seeding per index, not per worker, keeps sample i identical for any num_workers and any visiting order.
+        rng = np.random.default_rng([self.seed, idx])
+        ids = rng.integers(len(self.digits), size=self.n_digits)
+        free = MMNIST_SIZE - DIGIT_SIZE  # corners live in [0, 36] so the whole digit stays on the canvas
+        pos = rng.uniform(0, free, size=(self.n_digits, 2))
+        angle = rng.uniform(0, 2 * np.pi, size=self.n_digits)
+        vel = MMNIST_STEP * np.stack([np.sin(angle), np.cos(angle)], 1)  # (n_digits, 2) px per frame
+        corners = np.empty((self.n_frames, self.n_digits, 2), np.int64)
+        for t in range(self.n_frames):
+            corners[t] = np.rint(pos)  # position is continuous; only pasting rounds to the pixel grid
+            pos += vel
+            # Bounce as the original does: clamp to the edge and reflect the velocity component that crossed it.
+            out = (pos < 0) | (pos > free)
+            vel[out] *= -1
+            np.clip(pos, 0, free, out=pos)
+        return ids, corners
+
+    def __getitem__(self, idx):
+        ids, corners = self.trajectory(idx)
+        video = np.zeros((self.n_frames, MMNIST_SIZE, MMNIST_SIZE), np.uint8)  # (T, H, W)
+        for t in range(self.n_frames):
+            for digit, (y, x) in zip(ids, corners[t]):
+                patch = video[t, y:y + DIGIT_SIZE, x:x + DIGIT_SIZE]
+                np.maximum(patch, self.digits[digit], out=patch)  # pixel-wise max where digits overlap, as the original
+        return {'video': to_video(video)}
+
+
+MMNIST_TEST_URL = 'http://www.cs.toronto.edu/~nitish/unsupervised_video/mnist_test_seq.npy'
+MMNIST_TEST_MD5 = 'be083ec986bfe91a449d63653c411eb2'
+
+
+class MovingMNISTTest(Dataset):
+    """{'video': (1, T, 64, 64), 'context': its first n_context frames, 'target': the rest}, all in [-0.5, 0.5]."""
+
+    def __init__(self, path, n_context=10):
+        self.path, self.n_context, self._seq = Path(path), n_context, None
+        self.shape = np.load(self.path, mmap_mode='r').shape  # (T, N, 64, 64): time first, as the file stores it
+
+    def __len__(self):
+        return self.shape[1]
+
+    def __getstate__(self):  # DataLoader workers pickle the dataset: a memory map would be pickled as its data
+        return {**self.__dict__, '_seq': None}
+
+    def __getitem__(self, idx):
+        if self._seq is None:  # opened lazily, in the process that reads it
+            self._seq = np.load(self.path, mmap_mode='r')
+        video = to_video(self._seq[:, idx])  # (1, T, 64, 64)
+        return {'video': video, 'context': video[:, :self.n_context], 'target': video[:, self.n_context:]}
+
+
+def load_moving_mnist_test(path_or_dir=None, md5=MMNIST_TEST_MD5, download=True, n_context=10):
+    """The fixed test set mnist_test_seq.npy (20, 10000, 64, 64) as a MovingMNISTTest (standard 10 -> 10 split).
+
+    path_or_dir: the file, or a folder holding it (default ~/.cache/videogpt). md5=None skips the checksum, for
+    files you made yourself. download=True fetches a missing file into the folder, never to a mistyped file path.
+    """
+    path = Path(path_or_dir or CACHE_DIR)
+    is_dir = path_or_dir is None or path.is_dir()
+    path = path / 'mnist_test_seq.npy' if is_dir else path
+    hint = f'Download {MMNIST_TEST_URL} by hand and pass its path (or its folder) as path_or_dir.'
+    if not path.exists():
+        if not (download and is_dir):
+            raise FileNotFoundError(f'{path} does not exist. {hint}')
+        _download(MMNIST_TEST_URL, path, md5, hint)
+    if md5 is not None and (got := _md5(path)) != md5:
+        raise ValueError(f'{path} has md5 {got}, expected {md5}: re-download it from {MMNIST_TEST_URL}, '
+                         'or pass md5=None for a file you made yourself')
+    try:
+        seq = np.load(path, mmap_mode='r')
+    except ValueError as e:
+        raise ValueError(f'{path} is not a readable .npy file ({e}). {hint}') from e
+    if seq.dtype != np.uint8 or seq.ndim != 4 or seq.shape[2:] != (64, 64) or seq.shape[0] <= n_context:
+        raise ValueError(f'{path} holds {seq.dtype} {seq.shape}; expected uint8 (T, N, 64, 64), time first, '
+                         f'with T > n_context = {n_context} (the original file is (20, 10000, 64, 64))')
+    return MovingMNISTTest(path, n_context)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# BAIR robot pushing (Ebert et al. 2017): TFRecords inside a tar -> memory-mapped .npy
+
+
+BAIR_URL = 'http://rail.eecs.berkeley.edu/datasets/bair_robot_pushing_dataset_v0.tar'
+BAIR_FRAMES, BAIR_SIZE = 30, 64  # every BAIR sequence has 30 frames of 64x64 RGB
+BAIR_MARKER = 'bair_done.json'  # written last by convert_bair: its absence means the conversion did not finish
+
+
+def download_bair(out_dir):
+    """Download the 30 GB BAIR tar into out_dir (no md5 is published) and return its path."""
+    dest = Path(out_dir) / Path(BAIR_URL).name
+    hint = f'Download {BAIR_URL} by hand and run: python data.py bair --tar PATH --out DIR'
+    return dest if dest.exists() else _download(BAIR_URL, dest, hint=hint)
+
+
+def _record_length(header, name, i):
+    """Data length from a record's 12-byte header: uint64 length + its masked crc32c (TFRecord, little endian)."""
+    from tfrecord.writer import TFRecordWriter  # its masked_crc is the TFRecord checksum, built on crc32c
+    if len(header) < 12 or TFRecordWriter.masked_crc(header[:8]) != header[8:]:
+        raise ValueError(f'{name}: record {i} is truncated or corrupt; download the BAIR tar again')
+    return struct.unpack('<Q', header[:8])[0]
+
+
+def _iter_tfrecords(f, name):
+    """Yield each record's bytes from a TFRecord file object; the framing and both CRCs are checked."""
+    from tfrecord.writer import TFRecordWriter
+    i = 0
+    while header := f.read(12):
+        length = _record_length(header, name, i)
+        data, footer = f.read(length), f.read(4)  # the data, then the masked crc32c of the data
+        if len(data) < length or TFRecordWriter.masked_crc(data) != footer:
+            raise ValueError(f'{name}: record {i} is truncated or corrupt; download the BAIR tar again')
+        yield data
+        i += 1
+
+
+def _count_tfrecords(f, size, name):
+    """Number of records in a TFRecord file object of `size` bytes, reading only their headers."""
+    count, offset = 0, 0
+    while offset < size:  # a record is 12 header bytes + data + 4 crc bytes
+        f.seek(offset)
+        offset += 12 + _record_length(f.read(12), name, count) + 4
+        count += 1
+    if offset != size:
+        raise ValueError(f'{name}: record {count - 1} is truncated; download the BAIR tar again')
+    return count
+
+
+def _parse_bair_example(record, name):
+    """frames uint8 (30, 64, 64, 3) and actions float32 (30, 4) from one serialized tf.train.Example."""
+    from tfrecord import example_pb2
+    feature = example_pb2.Example.FromString(record).features.feature
+    frames = np.empty((BAIR_FRAMES, BAIR_SIZE, BAIR_SIZE, 3), np.uint8)
+    actions = np.empty((BAIR_FRAMES, 4), np.float32)
+    for i in range(BAIR_FRAMES):
+        # image_aux1 is the camera the BAIR video models use; image_main and endeffector_pos are ignored.
+        image, action = feature.get(f'{i}/image_aux1/encoded'), feature.get(f'{i}/action')
+        image = image.bytes_list.value if image is not None else []
+        action = action.float_list.value if action is not None else []
+        if len(image) != 1 or len(image[0]) != frames[i].nbytes or len(action) != 4:
+            raise ValueError(f'{name}: frame {i} lacks a raw 64x64x3 image_aux1 or a 4-float action; is this BAIR?')
+        frames[i] = np.frombuffer(image[0], np.uint8).reshape(BAIR_SIZE, BAIR_SIZE, 3)
+        actions[i] = action
+    return frames, actions
+
+
+def convert_bair(tar_path, out_dir, n_val_files=1):
+    """Stream bair_robot_pushing_dataset_v0.tar into out_dir/{train,val,test}_{frames,actions}.npy (+ marker).
+
+    frames: uint8 (N, 30, 64, 64, 3); actions: float32 (N, 30, 4). Nothing is extracted to disk and TensorFlow is not
+    needed. Validation split: the last n_val_files files of softmotion30_44k/train in sorted name order (the default
+    1 file = 256 sequences, the size of the test split); their names are listed in the marker JSON.
+    """
+    name = 'its list of files'  # what is being read, for the error message if the tar turns out cut short there
+    try:
+        with tarfile.open(tar_path) as tar:  # seekable: the counting pass below skips over record bodies
+            members = sorted((m for m in tar.getmembers() if m.name.endswith('.tfrecords')), key=lambda m: m.name)
+            train = [m for m in members if '/train/' in m.name]
+            splits = {'train': train[:-n_val_files], 'val': train[-n_val_files:],
+                      'test': [m for m in members if '/test/' in m.name]}
+            if n_val_files < 1 or not all(splits.values()):
+                raise ValueError(f'{tar_path} has {len(train)} train and {len(splits["test"])} test files, too few '
+                                 f'for a validation split of {n_val_files} >= 1 files; expected '
+                                 'softmotion30_44k/{train,test}/*.tfrecords')
+            out_dir = Path(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / BAIR_MARKER).unlink(missing_ok=True)  # a rerun must not leave an old marker over new files
+            # Pass 1 reads only record headers: each split's arrays get their exact size up front, and a truncated
+            # file fails here, before anything is written. Pass 2 decodes every record into memory-mapped arrays.
+            counts = {s: [] for s in splits}
+            for split, ms in splits.items():
+                for m in ms:
+                    name = m.name
+                    counts[split].append(_count_tfrecords(tar.extractfile(m), m.size, m.name))
+            bar = tqdm(total=sum(map(sum, counts.values())), desc='convert BAIR', unit='seq')
+            for split, ms in splits.items():
+                n = sum(counts[split])
+                frames = np.lib.format.open_memmap(out_dir / f'{split}_frames.npy.partial', 'w+', np.uint8,
+                                                   (n, BAIR_FRAMES, BAIR_SIZE, BAIR_SIZE, 3))
+                actions = np.lib.format.open_memmap(out_dir / f'{split}_actions.npy.partial', 'w+', np.float32,
+                                                    (n, BAIR_FRAMES, 4))
+                i = 0
+                for m in ms:
+                    name = m.name
+                    for record in _iter_tfrecords(tar.extractfile(m), m.name):
+                        frames[i], actions[i] = _parse_bair_example(record, m.name)
+                        i += 1
+                        bar.update()
+                frames.flush(), actions.flush()
+                del frames, actions
+            bar.close()
+    except (tarfile.TarError, EOFError) as e:
+        raise OSError(f'{tar_path}: {name} is unreadable or cut short ({e}); download the tar again from '
+                      f'{BAIR_URL}') from e
+    for split in splits:  # only now, with every split written, do files get their final names
+        for kind in ('frames', 'actions'):
+            os.replace(out_dir / f'{split}_{kind}.npy.partial', out_dir / f'{split}_{kind}.npy')
+    marker = {'source': str(tar_path), 'n_val_files': n_val_files,
+              'val_rule': f'last {n_val_files} train file(s) in sorted name order',
+              'splits': {s: {'n': sum(counts[s]), 'files': [m.name for m in ms]} for s, ms in splits.items()}}
+    (out_dir / (BAIR_MARKER + '.partial')).write_text(json.dumps(marker, indent=1))
+    os.replace(out_dir / (BAIR_MARKER + '.partial'), out_dir / BAIR_MARKER)
+    return marker
+
+
+class BAIR(Dataset):
+    """{'video': (3, n_frames, 64, 64) in [-0.5, 0.5], 'actions': (n_frames, 4)}: a window of a 30-frame sequence.
+
+    train=True draws the start uniformly from [0, 30 - n_frames], every start included (the original never drew the
+    last one); train=False always starts at frame 0, the usual evaluation protocol, so evaluation is deterministic.
+    """
+
+    def __init__(self, root, split='train', n_frames=16, train=True):
+        self.root, self.split, self.n_frames, self.train = Path(root), split, n_frames, train
+        if not (self.root / BAIR_MARKER).exists():
+            raise FileNotFoundError(f'{self.root} has no {BAIR_MARKER}: the BAIR conversion never ran or did not '
+                                    f'finish. Run: python data.py bair --tar bair_robot_pushing_dataset_v0.tar '
+                                    f'--out {self.root}')
+        marker = json.loads((self.root / BAIR_MARKER).read_text())
+        if split not in marker['splits'] or not 1 <= n_frames <= BAIR_FRAMES:
+            raise ValueError(f'need split in {list(marker["splits"])} and n_frames in [1, {BAIR_FRAMES}]')
+        self.length, self._arrays = marker['splits'][split]['n'], None
+
+    def __len__(self):
+        return self.length
+
+    def __getstate__(self):  # DataLoader workers pickle the dataset: a memory map would be pickled as its data
+        return {**self.__dict__, '_arrays': None}
+
+    def window_start(self, idx):
+        """First frame of sample idx's window: uniform in [0, 30 - n_frames] when training, else 0."""
+        return int(torch.randint(BAIR_FRAMES - self.n_frames + 1, ())) if self.train else 0
+
+    def __getitem__(self, idx):
+        if self._arrays is None:  # opened lazily, in the process that reads it
+            self._arrays = [np.load(self.root / f'{self.split}_{k}.npy', mmap_mode='r') for k in ('frames', 'actions')]
+        frames, actions = self._arrays
+        s = self.window_start(idx)
+        return {'video': to_video(frames[idx, s:s + self.n_frames]),  # (3, T, 64, 64)
+                'actions': torch.from_numpy(actions[idx, s:s + self.n_frames].copy())}  # (T, 4); copy: read-only map
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Folders of videos (UCF-101 and the like): decode once into a uint8 cache, then memory-map
+
+
+VIDEO_EXTS = ('.mp4', '.gif', '.avi', '.webm')
+
+
+def _resize_crop(frames, resolution):
+    """uint8 (T, H, W, 3) -> uint8 (T, R, R, 3): shorter side to R with an antialiased resize, then a centre crop."""
+    x = rearrange(torch.from_numpy(frames).float(), 't h w c -> t c h w')
+    h, w = x.shape[2:]
+    size = (round(h * resolution / min(h, w)), round(w * resolution / min(h, w)))  # the shorter side becomes R
+    if size != (h, w):  # antialias low-pass filters before shrinking, or thin edges alias into moire
+        x = F.interpolate(x, size=size, mode='bilinear', antialias=True, align_corners=False)
+    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    x = x[:, :, top:top + resolution, left:left + resolution]
+    return rearrange(x.round().clamp(0, 255).to(torch.uint8), 't c h w -> t h w c').numpy()
+
+
+def _iter_frames(path):
+    """Yield the frames of a video file as uint8 (H, W, 3) RGB arrays, one at a time."""
+    if Path(path).suffix.lower() == '.gif':
+        # Pillow directly, converting each frame to RGB: imageio's Pillow plugin fails on greyscale GIFs whose later
+        # frames Pillow promotes to RGB ("No packer found from P to L").
+        from PIL import Image, ImageSequence
+        with Image.open(path) as im:
+            yield from (np.asarray(frame.convert('RGB')) for frame in ImageSequence.Iterator(im))
+    else:
+        import imageio.v3 as iio
+        yield from iio.imiter(path)  # .mp4/.avi/.webm through imageio-ffmpeg, which always gives RGB
+
+
+def decode_video(path, resolution):
+    """uint8 (T, R, R, 3): every stored frame of a video file, resized and centre-cropped (timing is ignored)."""
+    chunks, chunk = [], []
+    try:
+        for frame in _iter_frames(path):  # resizing in chunks of 64 frames bounds memory for long videos
+            chunk.append(frame)
+            if len(chunk) == 64:
+                chunks.append(_resize_crop(np.stack(chunk), resolution))
+                chunk = []
+        chunks += [_resize_crop(np.stack(chunk), resolution)] if chunk else []
+    except Exception as e:  # decoders raise many types for a bad file: name the file whatever they are
+        raise ValueError(f'cannot decode video {path} ({type(e).__name__}: {e}); re-encode it '
+                         '(e.g. ffmpeg -i in.avi out.mp4) or remove it') from e
+    if not chunks:
+        raise ValueError(f'video {path} has no frames; re-encode it or remove it')
+    return np.concatenate(chunks)
+
+
+class VideoFolder(Dataset):
+    """{'video': (3, n_frames, R, R) in [-0.5, 0.5], 'label': int64 ()}: clips of the videos under root.
+
+    Files: .mp4/.gif/.avi/.webm, found recursively. Labels: when every video sits under an immediate subfolder of root,
+    the sorted subfolder names are `classes` and a clip's label is its folder's index; otherwise there is no 'label'.
+    A video gives len // n_frames clips: training draws a random start in the whole video for each, evaluation takes
+    the consecutive non-overlapping windows. Videos shorter than n_frames are skipped with a warning naming them.
+    Each video is decoded once into cache_dir (keyed by path, mtime, size and resolution) and memory-mapped after.
+    """
+
+    def __init__(self, root, n_frames=16, resolution=64, train=True, cache_dir=None):
+        self.root, self.n_frames, self.train = Path(root), n_frames, train
+        files = sorted(p for p in self.root.rglob('*') if p.suffix.lower() in VIDEO_EXTS and p.is_file())
+        if not files:
+            raise FileNotFoundError(f'no {"/".join(VIDEO_EXTS)} files under {self.root}')
+        parts = [p.relative_to(self.root).parts for p in files]
+        self.classes = sorted({q[0] for q in parts}) if all(len(q) > 1 for q in parts) else []
+        cache_dir = Path(cache_dir or CACHE_DIR / 'videos')
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cached = []
+        for path in files:  # a changed file gets a new key, so the cache never serves stale frames
+            stat = path.stat()
+            key = hashlib.sha1(f'{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{resolution}'.encode()).hexdigest()
+            cached.append(cache_dir / f'{path.stem[:40]}-{key[:16]}.npy')
+        todo = [(p, c) for p, c in zip(files, cached) if not c.exists()]
+        for path, c in tqdm(todo, desc='decode videos into the cache', disable=not todo):
+            # Written under a per-process name, then renamed: atomic, so a cache entry is never half written, even
+            # when several processes (one per GPU) fill the same cache at once.
+            partial = c.with_suffix(f'.{os.getpid()}.npy')
+            np.save(partial, decode_video(path, resolution))
+            os.replace(partial, c)
+        self.videos, self.labels, self.clips, short = [], [], [], []
+        for path, c, q in zip(files, cached, parts):
+            n = np.load(c, mmap_mode='r').shape[0]  # reads only the .npy header
+            if n < n_frames:
+                short.append(str(path))
+                continue
+            self.clips += [(len(self.videos), k) for k in range(n // n_frames)]  # (video, window index)
+            self.videos.append(c)
+            self.labels.append(self.classes.index(q[0]) if self.classes else -1)
+        if short:
+            warnings.warn(f'skipping {len(short)} video(s) shorter than n_frames={n_frames}: {short}')
+        if not self.clips:
+            raise ValueError(f'every video under {self.root} is shorter than n_frames={n_frames}')
+
+    def __len__(self):
+        return len(self.clips)
+
+    def __getitem__(self, idx):
+        v, k = self.clips[idx]
+        # Opened per item: thousands of open memory maps would each hold a file descriptor.
+        frames = np.load(self.videos[v], mmap_mode='r')  # (T_video, R, R, 3)
+        start = int(torch.randint(len(frames) - self.n_frames + 1, ())) if self.train else k * self.n_frames
+        item = {'video': to_video(frames[start:start + self.n_frames])}  # (3, T, R, R)
+        if self.classes:
+            item['label'] = torch.tensor(self.labels[v], dtype=torch.int64)
+        return item
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Visualisation
+
+
+def save_video_grid(video, path=None, fps=4, nrow=None):
+    """Tile a batch (B, C, T, H, W) in [-0.5, 0.5] and return the uint8 grid; path=None only returns it.
+
+    .gif/.mp4: an animation of (T, rows*H, nrow*W, 3), nrow videos per row (default ceil(sqrt(B))).
+    .png: one still image (B*H, T*W, 3), one row per video and time running across the columns.
+    """
+    v = ((torch.as_tensor(video).detach().cpu().float() + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    v = F.pad(v.expand(-1, 3, -1, -1, -1), (1, 1, 1, 1))  # grey -> RGB; a 2 px black gap between tiles
+    suffix = Path(path).suffix.lower() if path else ''
+    if suffix == '.png':
+        grid = rearrange(v, 'b c t h w -> (b h) (t w) c').numpy()
+    else:
+        nrow = nrow or math.ceil(math.sqrt(len(v)))
+        v = torch.cat([v, v.new_zeros(-len(v) % nrow, *v.shape[1:])])  # blank tiles fill the last row
+        grid = rearrange(v, '(r n) c t h w -> t (r h) (n w) c', n=nrow).numpy()
+    if path:
+        import imageio.v3 as iio
+        if suffix == '.gif':
+            iio.imwrite(path, grid, duration=1000 / fps, loop=0)
+        elif suffix == '.mp4':  # H.264 players want sizes divisible by 16: pad rather than let imageio resize
+            iio.imwrite(path, np.pad(grid, ((0, 0), (0, -grid.shape[1] % 16), (0, -grid.shape[2] % 16), (0, 0))),
+                        fps=fps)
+        elif suffix == '.png':
+            iio.imwrite(path, grid)
+        else:
+            raise ValueError(f'save_video_grid writes .gif, .mp4 or .png, not {path}')
+    return grid
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Command line: python data.py bair --tar bair_robot_pushing_dataset_v0.tar --out data/bair
+
+
+if __name__ == '__main__':
+    import argparse
+    p = argparse.ArgumentParser(description='Prepare VideoGPT datasets.')
+    sub = p.add_subparsers(dest='cmd', required=True)
+    b = sub.add_parser('bair', help='convert the BAIR tar (downloading it with --download) into .npy files')
+    b.add_argument('--tar', help='path to bair_robot_pushing_dataset_v0.tar')
+    b.add_argument('--download', action='store_true', help=f'fetch the tar (30 GB) from {BAIR_URL} into --out')
+    b.add_argument('--out', required=True, help='output directory of the converted dataset')
+    b.add_argument('--n-val-files', type=int, default=1, help='train files held out for validation')
+    args = p.parse_args()
+    if not (args.tar or args.download):
+        p.error('bair needs --tar PATH or --download')
+    print(json.dumps(convert_bair(args.tar or download_bair(args.out), args.out, args.n_val_files)['splits']))
