@@ -477,9 +477,9 @@ def test_clear_errors_prior():
 class _Clips(torch.utils.data.Dataset):
     """Tiny deterministic videos (1, 4, 8, 8) with a random crop offset drawn from torch's global RNG, like BAIR."""
 
-    def __init__(self, n=16, with_label=False):
+    def __init__(self, n=16, with_label=False, with_actions=False):
         self.videos = torch.rand(n, 1, 6, 8, 8, generator=torch.Generator().manual_seed(3)) - 0.5
-        self.with_label = with_label
+        self.with_label, self.with_actions = with_label, with_actions
 
     def __len__(self):
         return len(self.videos)
@@ -489,6 +489,8 @@ class _Clips(torch.utils.data.Dataset):
         item = {'video': self.videos[idx, :, s:s + 4]}
         if self.with_label:
             item['label'] = torch.tensor(idx % 3)
+        if self.with_actions:
+            item['actions'] = torch.full((4, 4), idx / 16)
         return item
 
 
@@ -668,6 +670,29 @@ def test_command_line_train_both_stages_then_sample(tmp_path, mnist_dir):
     assert frames.shape[0] == 8  # one GIF frame per video frame of the demo preset
 
 
+def test_sample_command_with_frames_from_a_video_file_and_an_actions_file(tmp_path):
+    vq = vg.train(tiny_vqvae(), 'vqvae', vg.vqvae_step, _Clips(), _tcfg(tmp_path / 'vq', steps=2), _tiny_vcfg())
+    vcfg = vq.config
+    gcfg = vg.GPTConfig(n_codes=vcfg.n_codes, latent_shape=vcfg.latent_shape, n_layer=1, n_head=2, n_embd=16,
+                        n_cond_frames=1, frame_channels=1, frame_size=8, cond_dim=16)
+    vg.train_gpt(gcfg, _tcfg(tmp_path / 'gpt', steps=2, vqvae=str(tmp_path / 'vq' / 'ckpt.pt')),
+                 dataset=_Clips(with_actions=True))
+    clip = np.zeros((5, 16, 16, 3), np.uint8)
+    clip[:, 4:12, 4:12] = 255  # a white square: after resizing to 8x8, the centre 4x4 is white
+    _data_write_video(tmp_path / 'clip.gif', clip)
+    np.save(tmp_path / 'actions.npy', np.zeros((4, 4), np.float32))
+    args = ['sample', '--gpt', tmp_path / 'gpt' / 'ckpt.pt', '--n', 2, '--out', tmp_path / 's.gif']
+    with pytest.raises(SystemExit, match='--frames-from'):
+        vg.main(list(map(str, args)))
+    with pytest.raises(SystemExit, match='--actions'):
+        vg.main(list(map(str, args + ['--frames-from', tmp_path / 'clip.gif'])))
+    vg.main(list(map(str, args + ['--frames-from', tmp_path / 'clip.gif', '--actions', tmp_path / 'actions.npy'])))
+    out = iio.imread(tmp_path / 's.gif')  # (T, grid H, grid W, 3)
+    assert out.shape[0] == 4
+    tile = out[0, 1:9, 1:9]  # the first video's first frame, inside the grid's 1-pixel border
+    assert tile[3:5, 3:5].min() > 200 and tile[0, 0].max() < 50  # the given frame is shown as it is
+
+
 def test_command_line_errors_name_the_fix(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(HERE, 'videogpt.py'), 'train-gpt', '--preset', 'demo'],
                        capture_output=True, text=True, cwd=HERE)
@@ -693,6 +718,37 @@ def test_readme_example_runs():
     assert len(code.strip().splitlines()) <= 12
     exec(compile(code, 'README.md', 'exec'), {})
 
+
+
+def test_readme_preset_table_matches_the_code():
+    text = open(os.path.join(HERE, 'README.md')).read()
+    rows = re.findall(r'^\| `([\w-]+)` \| \S+ \| \(([\d, ]+)\) \| ([\d.]+)M \| ([\d.]+)M \|$', text, re.M)
+    assert {r[0] for r in rows} == set(vg.PRESETS)
+    for name, shape, vq_m, gpt_m in rows:
+        vcfg, gcfg = vg.preset_configs(name)
+        assert str(vcfg.latent_shape) == f'({shape})'
+        assert f'{sum(p.numel() for p in vg.VQVAE(vcfg).parameters()) / 1e6:.1f}' == vq_m, name
+        assert f'{sum(p.numel() for p in vg.VideoGPT(gcfg).parameters()) / 1e6:.1f}' == gpt_m, name
+
+
+NOTEBOOKS = sorted(f for f in os.listdir(os.path.join(HERE, 'notebooks')) if f.endswith('.ipynb')) \
+    if os.path.isdir(os.path.join(HERE, 'notebooks')) else []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_notebook_runs_top_to_bottom_in_fast_mode(name, monkeypatch):
+    import nbclient
+    import nbformat
+    monkeypatch.setenv('VIDEOGPT_FAST', '1')  # the kernel inherits this process's environment
+    monkeypatch.setenv('MPLBACKEND', 'Agg')
+    path = os.path.join(HERE, 'notebooks', name)
+    assert os.path.getsize(path) < 3e6
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',
+                            resources={'metadata': {'path': os.path.dirname(path)}}).execute()  # raises on error
+    assert any(o.get('output_type') == 'display_data' for c in nb.cells for o in c.get('outputs', [])), \
+        "the notebook showed no picture"
 
 # ------------------------------------------------------------------------------------------------------------------
 # data.py: loaders tested on small files written in the real formats
