@@ -455,6 +455,46 @@ class BAIR(Dataset):
                 'actions': torch.from_numpy(actions[idx, s:s + self.n_frames].copy())}  # (T, 4); copy: read-only map
 
 
+def write_bair_tar(path, n_train_files=2, n_test_files=1, records_per_file=2, seed=0):
+    """Write a small synthetic tar in the exact BAIR layout and return its path. It exists for fast mode and demos.
+
+    NOT BAIR: each 30-frame episode is a coloured square on a plain table, pushed by its actions: action[:2] is the
+    square's move (dy, dx) in pixels from frame i to frame i + 1, action[2:] is zero. The format is BAIR's: files
+    softmotion30_44k/{train,test}/traj_A_to_B.tfrecords, and per frame i '{i}/image_aux1/encoded' (raw 64x64x3 uint8
+    bytes), '{i}/action' (4 floats), plus the keys that convert_bair ignores, '{i}/image_main/encoded' (here the
+    same picture flipped) and '{i}/endeffector_pos' (3 floats: the square's centre and 0).
+    """
+    import tempfile
+    from tfrecord.writer import TFRecordWriter
+    rng, side = np.random.default_rng(seed), 12  # a 12 px square: big enough to see at 64x64
+    background = np.array([205, 195, 175], np.uint8)  # a light table top
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(path, 'w') as tar:
+        for split, n_files in (('train', n_train_files), ('test', n_test_files)):
+            for f in range(n_files):
+                a = f * records_per_file  # names like the real ones, e.g. traj_0_to_255.tfrecords
+                name = f'softmotion30_44k/{split}/traj_{a}_to_{a + records_per_file - 1}.tfrecords'
+                writer = TFRecordWriter(os.path.join(tmp, 'part.tfrecords'))
+                for _ in range(records_per_file):
+                    pos, colour = rng.uniform(0, BAIR_SIZE - side, 2), rng.integers(40, 256, 3)
+                    action = np.zeros(4, np.float32)
+                    datum = {}
+                    for i in range(BAIR_FRAMES):
+                        frame = np.tile(background, (BAIR_SIZE, BAIR_SIZE, 1))  # (64, 64, 3)
+                        y, x = np.rint(pos).astype(int)
+                        frame[y:y + side, x:x + side] = colour
+                        # Smooth pushes that revert to rest (an AR(1) velocity), at most 3 px per frame per axis.
+                        action[:2] = (0.8 * action[:2] + rng.normal(0, 1.5, 2)).clip(-3, 3)
+                        datum[f'{i}/image_aux1/encoded'] = (frame.tobytes(), 'byte')
+                        datum[f'{i}/image_main/encoded'] = (frame[:, ::-1].tobytes(), 'byte')
+                        datum[f'{i}/action'] = (action.tolist(), 'float')
+                        datum[f'{i}/endeffector_pos'] = ([*(pos + side / 2).tolist(), 0.0], 'float')
+                        pos = np.clip(pos + action[:2], 0, BAIR_SIZE - side)  # the push moves the next frame
+                    writer.write(datum)
+                writer.close()
+                tar.add(os.path.join(tmp, 'part.tfrecords'), arcname=name)
+    return Path(path)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Folders of videos (UCF-101 and the like): decode once into a uint8 cache, then memory-map
 

@@ -610,6 +610,21 @@ def test_prior_trains_on_frozen_vqvae_and_codes_file(tmp_path):
     assert isinstance(gpt, vg.VideoGPT)
 
 
+def test_codes_file_is_not_reused_for_another_vqvae(tmp_path, capsys):
+    vq, data_ = tiny_vqvae().eval(), _Clips()
+    first = vg.encode_dataset(vq, data_, tmp_path / 'codes.pt')
+    again = vg.encode_dataset(vq, data_, tmp_path / 'codes.pt')
+    assert torch.equal(first['codes'], again['codes']) and 'encoding again' not in capsys.readouterr().out
+    vq.codebook.embeddings.mul_(-1)  # "retrained": another codebook
+    vg.encode_dataset(vq, data_, tmp_path / 'codes.pt')
+    assert 'encoding again' in capsys.readouterr().out
+
+
+def test_masked_prior_rejects_causal_only_sampling_options():
+    with pytest.raises(ValueError, match='sample_masked'):
+        tiny_gpt(causal=False).sample(1, top_k=5)
+
+
 def _ddp_worker(rank, world, port, out_dir):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
                       MASTER_PORT=str(port))
@@ -1145,3 +1160,14 @@ def test_data_save_video_grid(tmp_path):
     assert len(list(iio.imiter(tmp_path / 'grid.mp4'))) == 6
     with pytest.raises(ValueError, match='.gif, .mp4 or .png'):
         data.save_video_grid(video, tmp_path / 'grid.jpg')
+
+
+def test_data_write_bair_tar_round_trips_through_convert(tmp_path):
+    # the synthetic archive of the notebooks' fast mode is in the real layout: convert_bair reads it back
+    tar = tmp_path / 'bair.tar'
+    data.write_bair_tar(tar, n_train_files=2, n_test_files=1, records_per_file=2, seed=0)
+    data.convert_bair(tar, tmp_path / 'out', n_val_files=1)
+    train = data.BAIR(tmp_path / 'out', 'train', n_frames=16, train=False)
+    item = train[0]
+    assert len(train) == 2 and item['video'].shape == (3, 16, 64, 64) and item['actions'].shape == (16, 4)
+    assert item['video'].std() > 0.01  # a picture, not a blank frame

@@ -714,6 +714,9 @@ class VideoGPT(nn.Module):
         top_k=1 is greedy decoding. With return_logits, also returns the (n, t, h, w, K) logits of each step.
         """
         if not self.config.causal:
+            if top_k is not None or top_p is not None or return_logits:
+                raise ValueError("top_k, top_p and return_logits apply to causal priors; masked decoding "
+                                 "(causal=False) takes temperature and steps: call sample_masked")
             return self.sample_masked(n, frames, cond, temperature=temperature, generator=generator)
         cond = self._check(None, frames, cond, batch=n)
         cfg, L = self.config, self.config.block_size
@@ -862,7 +865,7 @@ def setup_device():
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         # bf16 keeps fp32's exponent range and needs no loss scaling; older GPUs get fp16 with a GradScaler.
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         return device, rank, world, dtype, dtype == torch.float16
     return torch.device('cpu'), rank, world, None, False  # fp32 on CPU: CPU autocast is slower, not faster
 
@@ -1095,8 +1098,13 @@ class CodesDataset(torch.utils.data.Dataset):
 def encode_dataset(vqvae, dataset, path, batch_size=32):
     """Encode every video once into a file of int16 codes (N, t, h, w) plus the items' other fields (actions,
     labels), written atomically; a second call loads it. Items must be deterministic (evaluation windows)."""
+    # The file remembers which codebook made it: codes of a retrained VQ-VAE must not be served from a stale file.
+    fingerprint = vqvae.codebook.embeddings.double().sum().item()
     if os.path.exists(path):
-        return torch.load(path, weights_only=True)
+        encoded = torch.load(path, weights_only=True)
+        if encoded.pop('fingerprint').item() == fingerprint:
+            return encoded
+        print(f"{path} was made by another VQ-VAE: encoding again")
     device = next(vqvae.parameters()).device
     out = {}
     for b in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
@@ -1104,7 +1112,7 @@ def encode_dataset(vqvae, dataset, path, batch_size=32):
         for k, v in b.items():
             out.setdefault(k, []).append(v)
     out = {k: torch.cat(v) for k, v in out.items()}
-    save_checkpoint(path, **out)
+    save_checkpoint(path, fingerprint=torch.tensor(fingerprint), **out)
     return out
 
 
@@ -1287,7 +1295,8 @@ def demo(args):
 
 @torch.no_grad()
 def evaluate(vqvae, gpt, video, batch_size=16):
-    """Reconstruction PSNR in dB (peak-to-peak 1 for [-0.5, 0.5] videos) and the prior's bits per token."""
+    """Reconstruction PSNR in dB (peak-to-peak 1 for [-0.5, 0.5] videos) and an unconditional prior's bits per
+    token."""
     mse = nats = 0.0
     for x in video.split(batch_size):
         mse += F.mse_loss(vqvae(x)['x_hat'].clamp(-0.5, 0.5), x, reduction='sum').item()

@@ -103,6 +103,7 @@ def run_one(name, device, steps):
             flops = prior_flops_per_token(cfg) * res['tokens_per_s']
             res['tflops'] = flops / 1e12
             res['mfu'] = flops / peak if peak else None
+        res['peak_rss_gb'] = peak_rss_gb()  # before the variant, whose L x L attention matrices would dominate it
         if name == 'prior':  # variant in the same process: the explicit-softmax reference attention
             for m in model.modules():
                 if hasattr(m, 'fast'):
@@ -113,6 +114,7 @@ def run_one(name, device, steps):
         gen = torch.Generator(device).manual_seed(0)
         t = time_steps(lambda: model.sample(4, generator=gen), device, steps)
         res['sample_s'], res['tokens_per_s'] = t, 4 * 256 / t
+        res['peak_rss_gb'] = peak_rss_gb()
 
         @torch.no_grad()
         def uncached():  # the same 256 tokens by a full forward pass per token, as without a KV cache
@@ -123,7 +125,7 @@ def run_one(name, device, steps):
         res['uncached_tokens_per_s'] = 4 * 256 / time_steps(uncached, device, 1, warmup=0)
     if device.type == 'cuda':
         res['peak_gpu_gb'] = torch.cuda.max_memory_allocated() / 1e9
-    res['peak_rss_gb'] = peak_rss_gb()
+    res.setdefault('peak_rss_gb', peak_rss_gb())
     return res
 
 
