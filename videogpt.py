@@ -1112,7 +1112,7 @@ def encode_dataset(vqvae, dataset, path, batch_size=32):
         for k, v in b.items():
             out.setdefault(k, []).append(v)
     out = {k: torch.cat(v) for k, v in out.items()}
-    save_checkpoint(path, fingerprint=torch.tensor(fingerprint), **out)
+    save_checkpoint(path, fingerprint=torch.tensor(fingerprint, dtype=torch.float64), **out)
     return out
 
 
