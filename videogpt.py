@@ -153,8 +153,8 @@ class AttentionResidualBlock(nn.Module):
     def forward(self, x, pos):
         if torch.is_grad_enabled():
             # Activation checkpointing: keep only x for the backward pass and recompute the branch there. The
-            # axial attention's per-axis copies would otherwise hold ~35x the input's memory per block; this
-            # costs ~10% more compute and was measured to cut the benchmark's peak memory by a quarter.
+            # axial attention's per-axis copies would otherwise hold ~35x the input's memory per block. Measured on
+            # the VQ-VAE benchmark (2 CPU threads): peak RSS 0.80 -> 0.67 GB for a step 0.355 -> 0.368 s.
             return x + torch.utils.checkpoint.checkpoint(self.branch, x, pos, use_reentrant=False)
         return x + self.branch(x, pos)
 
