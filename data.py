@@ -202,12 +202,19 @@ MMNIST_STEP = 3.6
 
 
 class MovingMNIST(Dataset):
-    """{'video': (1, n_frames, 64, 64) in [-0.5, 0.5]}: n_digits bouncing digits; sample i is fixed by (seed, i)."""
+    """{'video': (1, n_frames, 64, 64) in [-0.5, 0.5]}: n_digits bouncing digits; sample i is fixed by (seed, i).
 
-    def __init__(self, digits, n_frames=20, n_digits=2, length=10_000, seed=0):
+    With labels (N,) and one digit per video, items also hold 'label', the digit's class, for class-conditional priors.
+    """
+
+    def __init__(self, digits, n_frames=20, n_digits=2, length=10_000, seed=0, labels=None):
         # length only sets the epoch size (default: as many as the fixed test set); videos are made on the fly.
         assert digits.dtype == np.uint8 and digits.shape[1:] == (DIGIT_SIZE, DIGIT_SIZE), digits.shape
+        if labels is not None and (n_digits != 1 or len(labels) != len(digits)):
+            raise ValueError(f'labels need one digit per video and one label per digit: got n_digits={n_digits}, '
+                             f'{len(labels)} labels for {len(digits)} digits')
         self.digits, self.n_frames, self.n_digits, self.length, self.seed = digits, n_frames, n_digits, length, seed
+        self.labels = labels
 
     def __len__(self):
         return self.length
@@ -238,7 +245,10 @@ class MovingMNIST(Dataset):
             for digit, (y, x) in zip(ids, corners[t]):
                 patch = video[t, y:y + DIGIT_SIZE, x:x + DIGIT_SIZE]
                 np.maximum(patch, self.digits[digit], out=patch)  # pixel-wise max where digits overlap, as the original
-        return {'video': to_video(video)}
+        item = {'video': to_video(video)}
+        if self.labels is not None:
+            item['label'] = torch.tensor(self.labels[ids[0]], dtype=torch.int64)
+        return item
 
 
 MMNIST_TEST_URL = 'http://www.cs.toronto.edu/~nitish/unsupervised_video/mnist_test_seq.npy'

@@ -673,13 +673,14 @@ def _cli(*args):
 @pytest.mark.slow
 def test_command_line_train_both_stages_then_sample(tmp_path, mnist_dir):
     common = ['--preset', 'demo', '--mnist-dir', mnist_dir, '--steps', 2, '--batch-size', 2, '--num-workers', 0,
-              '--warmup', 1]
+              '--warmup', 1, '--n-digits', 1]  # one digit per video: its class conditions the demo's prior
     _cli('train-vqvae', *common, '--out-dir', tmp_path / 'vq', '--n-hiddens', 16)  # a flag overrides the preset
     assert vg.load_model(tmp_path / 'vq' / 'ckpt.pt').config.n_hiddens == 16
     _cli('train-gpt', *common, '--out-dir', tmp_path / 'gpt', '--vqvae', tmp_path / 'vq' / 'ckpt.pt',
          '--n-layer', 1)
     assert (tmp_path / 'gpt' / 'samples.gif').exists() and (tmp_path / 'vq' / 'recon.png').exists()
-    _cli('sample', '--gpt', tmp_path / 'gpt' / 'ckpt.pt', '--n', 2, '--out', tmp_path / 's.gif', '--top-k', 5)
+    _cli('sample', '--gpt', tmp_path / 'gpt' / 'ckpt.pt', '--n', 2, '--out', tmp_path / 's.gif', '--top-k', 5,
+         '--labels', 3, 7)
     import imageio.v3 as iio
     frames = iio.imread(tmp_path / 's.gif')
     assert frames.shape[0] == 8  # one GIF frame per video frame of the demo preset
@@ -860,6 +861,20 @@ def test_data_moving_mnist_shapes_range_determinism():
     assert not torch.equal(x, ds[6]['video'])
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert batch['video'].shape == (4, 1, 12, 64, 64)
+
+
+def test_data_moving_mnist_labels_name_the_digit_shown():
+    digits = np.stack([np.full((28, 28), 20 * (i + 1), np.uint8) for i in range(5)])  # digit i has intensity 20(i+1)
+    labels = np.array([7, 3, 9, 0, 3])
+    ds = data.MovingMNIST(digits, n_frames=4, n_digits=1, length=30, labels=labels)
+    for item in (ds[i] for i in range(30)):
+        shown = round((item['video'].max().item() + 0.5) * 255 / 20) - 1  # which digit is in the video
+        assert item['label'].dtype == torch.int64 and item['label'].item() == labels[shown]
+    assert 'label' not in data.MovingMNIST(digits, n_frames=4, n_digits=1)[0]
+    with pytest.raises(ValueError, match='one digit per video'):
+        data.MovingMNIST(digits, n_frames=4, n_digits=2, labels=labels)
+    with pytest.raises(ValueError, match='--n-digits 1'):  # a class-conditional prior on unlabelled videos
+        vg.gpt_inputs(vg.GPTConfig(cond_dim=10), {'video': torch.zeros(2, 1, 4, 64, 64)})
 
 
 def test_data_moving_mnist_bounces_and_stays_in_bounds():

@@ -468,11 +468,12 @@ class LayerNorm(nn.Module):
 
     def __init__(self, dim, cond_dim=0):
         super().__init__()
-        self.ln = nn.LayerNorm(dim, elementwise_affine=cond_dim == 0)
         self.cond_dim = cond_dim
         if cond_dim:
             self.gain, self.bias = nn.Linear(cond_dim, dim), nn.Linear(cond_dim, dim)
-            self.init_identity()
+        else:
+            self.weight, self.bias = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.zeros(dim))
+        self.init_identity()
 
     def init_identity(self):
         # Zero weights, gain bias 1, bias bias 0: at initialisation this is a plain LayerNorm whatever the
@@ -483,10 +484,9 @@ class LayerNorm(nn.Module):
                 nn.init.constant_(lin.bias, b)
 
     def forward(self, x, cond=None):
-        x = self.ln(x)
-        if self.cond_dim:
-            x = x * self.gain(cond)[:, None] + self.bias(cond)[:, None]
-        return x
+        if not self.cond_dim:  # F.layer_norm, not nn.LayerNorm: one module call less per norm when sampling
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias)
+        return F.layer_norm(x, x.shape[-1:]) * self.gain(cond)[:, None] + self.bias(cond)[:, None]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -504,20 +504,19 @@ class SelfAttention(nn.Module):
         self.dropout = cfg.attn_dropout
 
     def forward(self, x, cache=None, pos=0):
-        q, k, v = rearrange(self.qkv(x), 'B L (three nh hd) -> three B nh L hd', three=3, nh=self.n_head)
+        B, L, D = x.shape
+        qkv = self.qkv(x).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, nh, L, hd)
+        q, kv = qkv[0], qkv[1:]
         if cache is not None:
-            # KV cache: keys and values of earlier positions were written on earlier steps; write this step's
-            # and attend over positions [0, pos + L). A step costs O(pos), not O(full length).
-            cache_k, cache_v = cache  # each (B, nh, L_max, hd)
-            end = pos + q.shape[2]
-            cache_k[:, :, pos:end] = k
-            cache_v[:, :, pos:end] = v
-            k, v = cache_k[:, :, :end], cache_v[:, :, :end]
+            # KV cache (2, B, nh, L_max, hd): keys and values of earlier positions were written on earlier steps;
+            # write this step's and attend over positions [0, pos + L). A step costs O(pos), not O(full length).
+            cache[:, :, :, pos:pos + L] = kv
+            kv = cache[:, :, :, :pos + L]
         # A single new token may see every cached position, so it needs no mask at all.
-        causal = self.causal and q.shape[2] > 1
-        y = attention(q, k, v, causal=causal, dropout_p=self.dropout if self.training else 0.0,
+        causal = self.causal and L > 1
+        y = attention(q, kv[0], kv[1], causal=causal, dropout_p=self.dropout if self.training else 0.0,
                       fast=self.fast)
-        return self.proj(rearrange(y, 'B nh L hd -> B L (nh hd)'))
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))  # heads side by side again
 
 
 class CrossAttention(nn.Module):
@@ -724,8 +723,7 @@ class VideoGPT(nn.Module):
         self.eval()
         dev, dtype = self.sos.device, self.sos.dtype
         hd = cfg.n_embd // cfg.n_head
-        caches = [(torch.empty(n, cfg.n_head, L, hd, device=dev, dtype=dtype),
-                   torch.empty(n, cfg.n_head, L, hd, device=dev, dtype=dtype)) for _ in self.blocks]
+        caches = [torch.empty(2, n, cfg.n_head, L, hd, device=dev, dtype=dtype) for _ in self.blocks]
         frame_kv = self._frame_kv(frames)  # the frames' features: computed once, not once per token
         pos_emb = rearrange(self.pos_emb(), 't h w D -> (t h w) D')
         codes = torch.empty(n, L, dtype=torch.long, device=dev)
@@ -809,10 +807,11 @@ PRESETS = {
         dict(in_channels=3, resolution=128, downsample=(4, 4, 4), n_res_layers=4, embedding_dim=256,
              n_codes=1024),
         dict(n_embd=1024, n_head=8, n_layer=20, dropout=0.2, cond_dim=101)),
-    # Small enough to train both stages on a 2-core CPU in under 10 minutes: 8 frames of Moving MNIST -> 2x16x16
-    # codes. (4, 8, 8) would be 4x faster for the prior, but blurs the digits past recognition.
-    'demo': (dict(sequence_length=8, downsample=(4, 4, 4), n_hiddens=64, n_res_layers=1, n_codes=256),
-             dict(n_embd=128, n_head=4, n_layer=4, dropout=0.0)),
+    # Small enough to train both stages on a 2-core CPU in under 10 minutes: 8 frames of one-digit Moving MNIST ->
+    # 8x8x8 codes, and a class-conditional prior. Tried and dropped: (4, 4, 4) and (2, 8, 8) mix 3.6 px/frame of
+    # motion into each code, and the prior then drew scribbles; (1, 8, 8) codes are still strokes, which it can learn.
+    'demo': (dict(sequence_length=8, downsample=(1, 8, 8), n_hiddens=64, n_res_layers=1, n_codes=64),
+             dict(n_embd=128, n_head=4, n_layer=4, dropout=0.0, cond_dim=10)),
 }
 
 
@@ -937,10 +936,11 @@ def make_dataset(tcfg, n_frames, resolution, train=True):
     """The dataset named by tcfg.dataset, yielding dicts with 'video' (C, T, H, W) in [-0.5, 0.5]."""
     import data  # the model needs no data code; only the training loop does
     if tcfg.dataset == 'mnist':
-        digits, _, source = data.load_mnist(tcfg.mnist_dir or None)
+        digits, labels, source = data.load_mnist(tcfg.mnist_dir or None)
         print(f"Moving MNIST from {source}")
-        return data.MovingMNIST(digits, n_frames=n_frames, n_digits=tcfg.n_digits,
-                                seed=tcfg.seed if train else tcfg.seed + 1)
+        # one digit per video: its class is a 'label', for class-conditional priors (GPTConfig.cond_dim=10)
+        return data.MovingMNIST(digits, n_frames=n_frames, n_digits=tcfg.n_digits, seed=tcfg.seed + (not train),
+                                labels=labels if tcfg.n_digits == 1 else None)
     if tcfg.dataset == 'bair':
         return data.BAIR(tcfg.data_dir, 'train' if train else 'val', n_frames=n_frames, train=train)
     if tcfg.dataset == 'folder':
@@ -1073,6 +1073,10 @@ def gpt_inputs(gcfg, batch):
     frames = batch['video'][:, :, :gcfg.n_cond_frames] if gcfg.n_cond_frames else None
     cond = None
     if gcfg.cond_dim:
+        if not {'actions', 'label'} & set(batch):
+            raise ValueError(f"the prior is vector-conditioned (cond_dim={gcfg.cond_dim}) but the dataset's items hold "
+                             "neither 'actions' nor 'label': use BAIR, class folders, or Moving MNIST with "
+                             "--n-digits 1 (labelled by its digit), or set --cond-dim 0")
         cond = batch['actions'] if 'actions' in batch else batch['label']
     return frames, cond
 
@@ -1157,7 +1161,7 @@ def train_gpt(gcfg, tcfg, dataset=None):
 
 
 @torch.no_grad()
-def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed=0, **sampling):
+def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed=0, nrow=None, **sampling):
     """Sample n videos from a prior checkpoint (its VQ-VAE is found through the checkpoint) and write a GIF/MP4."""
     import data
     device = setup_device()[0]
@@ -1168,7 +1172,7 @@ def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed
     video = vqvae.decode(codes).clamp(-0.5, 0.5).cpu()
     if frames is not None:  # show the given conditioning frames in place of their reconstruction
         video[:, :, :frames.shape[2]] = frames
-    data.save_video_grid(video, out)
+    data.save_video_grid(video, out, nrow=nrow)
     return video
 
 
@@ -1211,14 +1215,16 @@ def main(argv=None):
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--frames-from', help="conditioning frames: 'val' / 'train' (a dataset split) or a video file")
     s.add_argument('--actions', help="a .npy of actions (n, T, 4) or (T, 4), for action-conditioned priors")
+    s.add_argument('--labels', type=int, nargs='+', help="class labels, cycled over the n videos, for "
+                   "class-conditional priors (the demo's: digits 0-9)")
     s.add_argument('--dataset', default='mnist')
     s.add_argument('--data-dir', default='')
     s.add_argument('--mnist-dir', default='')
     d = sub.add_parser('demo', help="train both stages on Moving MNIST on a CPU (<10 min), write samples.gif")
     d.add_argument('--out-dir', default='runs/demo')
     d.add_argument('--mnist-dir', default='')
-    d.add_argument('--vqvae-steps', type=int, default=800)
-    d.add_argument('--gpt-steps', type=int, default=1100)
+    d.add_argument('--vqvae-steps', type=int, default=400)
+    d.add_argument('--gpt-steps', type=int, default=1300)
     args = p.parse_args(argv)
 
     if args.cmd in ('train-vqvae', 'train-gpt'):
@@ -1263,44 +1269,49 @@ def _sample_conditioning(args):
     if gcfg.cond_dim and args.actions:
         actions = torch.as_tensor(np.load(args.actions), dtype=torch.float32)  # (T, 4) for all, or (n, T, 4)
         batch['actions'] = actions.expand(args.n, *actions.shape) if actions.ndim == 2 else actions
+    if gcfg.cond_dim and args.labels:
+        batch['label'] = torch.tensor(args.labels).repeat(args.n)[:args.n]
     if gcfg.cond_dim and not {'actions', 'label'} & set(batch):
-        sys.exit("this prior is vector-conditioned: pass --actions FILE.npy")
+        sys.exit("this prior is vector-conditioned: pass --actions FILE.npy, or --labels for class labels")
     return gpt_inputs(gcfg, batch)
 
 
 def demo(args):
     """Both stages on Moving MNIST with the 'demo' preset, then samples.gif and recon.png in args.out_dir."""
     vcfg, gcfg = preset_configs('demo')
-    # One digit per video: a prior trained for five CPU minutes learns one digit's shape and motion well enough to
-    # draw recognisable digits; with two it draws strokes (tried: 3.3 bits per token, no digit recognisable).
+    # One digit per video, and its class conditions the prior: with two digits, or unconditionally, five CPU minutes
+    # of training drew strokes that changed from digit to digit between frames.
     common = dict(dataset='mnist', mnist_dir=args.mnist_dir, n_digits=1, num_workers=0, log_every=50, warmup=100)
     t0 = time.time()
     train_vqvae(vcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'vqvae'), steps=args.vqvae_steps, batch_size=8,
                                   lr=1e-3, sample_every=args.vqvae_steps, ckpt_every=args.vqvae_steps, **common))
-    vq_path = os.path.join(args.out_dir, 'vqvae', 'ckpt.pt')
+    vq_path, gpt_path = (os.path.join(args.out_dir, stage, 'ckpt.pt') for stage in ('vqvae', 'gpt'))
     train_gpt(gcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'gpt'), steps=args.gpt_steps, batch_size=8,
                                 lr=2e-3, sample_every=args.gpt_steps, ckpt_every=args.gpt_steps, vqvae=vq_path,
                                 **common))
     out = os.path.join(args.out_dir, 'samples.gif')
-    sample_videos(os.path.join(args.out_dir, 'gpt', 'ckpt.pt'), n=16, out=out)
+    # Two videos of each digit, 0-9 across each row. Temperature 0.8 trades a little variety for steadier digits.
+    sample_videos(gpt_path, n=20, out=out, cond=torch.arange(20) % 10, temperature=0.8, nrow=10)
     # Held-out numbers: videos from another seed than training saw.
-    held_out = make_dataset(TrainConfig(seed=1, mnist_dir=args.mnist_dir, n_digits=1), vcfg.sequence_length,
-                            vcfg.resolution, train=False)
-    video = torch.stack([held_out[i]['video'] for i in range(64)])
-    scores = evaluate(load_model(vq_path), load_model(os.path.join(args.out_dir, 'gpt', 'ckpt.pt')), video)
+    held_out = make_dataset(TrainConfig(mnist_dir=args.mnist_dir, n_digits=1), vcfg.sequence_length, vcfg.resolution,
+                            train=False)
+    batch = torch.utils.data.default_collate([held_out[i] for i in range(64)])
+    scores = evaluate(load_model(vq_path), load_model(gpt_path), batch['video'], batch['label'])
     print(f"held-out reconstruction PSNR {scores['psnr']:.1f} dB; prior {scores['bits_per_token']:.2f} bits per "
           f"token (uniform: log2({gcfg.n_codes}) = {math.log2(gcfg.n_codes):.2f})")
     print(f"demo done in {time.time() - t0:.0f} s: {out}, {os.path.join(args.out_dir, 'vqvae', 'recon.png')}")
 
 
 @torch.no_grad()
-def evaluate(vqvae, gpt, video, batch_size=16):
-    """Reconstruction PSNR in dB (peak-to-peak 1 for [-0.5, 0.5] videos) and an unconditional prior's bits per
-    token."""
+def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
+    """Reconstruction PSNR in dB (peak-to-peak 1 for [-0.5, 0.5] videos) and the prior's bits per token; cond: the
+    prior's class labels or vectors for the videos, if it is conditional (frame-conditioned priors are not handled).
+    """
     mse = nats = 0.0
-    for x in video.split(batch_size):
+    for i, x in enumerate(video.split(batch_size)):
+        c = None if cond is None else cond.split(batch_size)[i]
         mse += F.mse_loss(vqvae(x)['x_hat'].clamp(-0.5, 0.5), x, reduction='sum').item()
-        nats += gpt(vqvae.encode(x))[1].item() * len(x)
+        nats += gpt(vqvae.encode(x), cond=c)[1].item() * len(x)
     return dict(psnr=10 * math.log10(video.numel() / mse), bits_per_token=nats / len(video) / math.log(2))
 
 
