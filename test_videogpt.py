@@ -863,6 +863,22 @@ def test_data_moving_mnist_shapes_range_determinism():
     assert batch['video'].shape == (4, 1, 12, 64, 64)
 
 
+def test_evaluate_scores_a_class_conditional_prior_with_its_labels():
+    torch.manual_seed(0)
+    vq = tiny_vqvae().eval()
+    g = tiny_gpt(n_codes=32, latent_shape=vq.config.latent_shape, cond_dim=4).eval()
+    for m in g.modules():  # make the labels matter: a random, not an identity, conditional LayerNorm
+        if isinstance(m, vg.LayerNorm) and m.cond_dim:
+            torch.nn.init.normal_(m.gain.weight)
+    x, labels = video(B=5), torch.tensor([0, 1, 2, 3, 0])
+    with torch.no_grad():
+        nats = [g(vq.encode(x[i:i + 2]), cond=labels[i:i + 2])[1] * len(x[i:i + 2]) for i in range(0, 5, 2)]
+    want = sum(nats).item() / 5 / math.log(2)
+    got = vg.evaluate(vq, g, x, labels, batch_size=2)['bits_per_token']
+    assert got == pytest.approx(want, rel=1e-5)
+    assert got != pytest.approx(vg.evaluate(vq, g, x, (labels + 1) % 4, batch_size=2)['bits_per_token'], rel=1e-3)
+
+
 def test_data_moving_mnist_labels_name_the_digit_shown():
     digits = np.stack([np.full((28, 28), 20 * (i + 1), np.uint8) for i in range(5)])  # digit i has intensity 20(i+1)
     labels = np.array([7, 3, 9, 0, 3])

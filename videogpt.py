@@ -808,8 +808,10 @@ PRESETS = {
              n_codes=1024),
         dict(n_embd=1024, n_head=8, n_layer=20, dropout=0.2, cond_dim=101)),
     # Small enough to train both stages on a 2-core CPU in under 10 minutes: 8 frames of one-digit Moving MNIST ->
-    # 8x8x8 codes, and a class-conditional prior. Tried and dropped: (4, 4, 4) and (2, 8, 8) mix 3.6 px/frame of
-    # motion into each code, and the prior then drew scribbles; (1, 8, 8) codes are still strokes, which it can learn.
+    # 8x8x8 codes, and a prior conditioned on the digit's class. Time downsampling ((4, 4, 4), (2, 8, 8)) mixes
+    # 3.6 px/frame of motion into each code and the prior drew scribbles; (1, 8, 8) codes are still patches. 64 codes,
+    # not 256: the black background, 88% of the tokens, spread over most of a larger book, and the prior pays for
+    # every code it must tell apart. The settings tried are in benchmarks/RESULTS.md.
     'demo': (dict(sequence_length=8, downsample=(1, 8, 8), n_hiddens=64, n_res_layers=1, n_codes=64),
              dict(n_embd=128, n_head=4, n_layer=4, dropout=0.0, cond_dim=10)),
 }
@@ -1279,8 +1281,8 @@ def _sample_conditioning(args):
 def demo(args):
     """Both stages on Moving MNIST with the 'demo' preset, then samples.gif and recon.png in args.out_dir."""
     vcfg, gcfg = preset_configs('demo')
-    # One digit per video, and its class conditions the prior: with two digits, or unconditionally, five CPU minutes
-    # of training drew strokes that changed from digit to digit between frames.
+    # One digit per video, and its class conditions the prior: with two digits per video, five CPU minutes of
+    # training drew scribbles (benchmarks/RESULTS.md lists the settings tried).
     common = dict(dataset='mnist', mnist_dir=args.mnist_dir, n_digits=1, num_workers=0, log_every=50, warmup=100)
     t0 = time.time()
     train_vqvae(vcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'vqvae'), steps=args.vqvae_steps, batch_size=8,
@@ -1308,8 +1310,8 @@ def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
     prior's class labels or vectors for the videos, if it is conditional (frame-conditioned priors are not handled).
     """
     mse = nats = 0.0
-    for i, x in enumerate(video.split(batch_size)):
-        c = None if cond is None else cond.split(batch_size)[i]
+    conds = [None] * len(video) if cond is None else cond.split(batch_size)  # zip stops at the videos' batches
+    for x, c in zip(video.split(batch_size), conds):
         mse += F.mse_loss(vqvae(x)['x_hat'].clamp(-0.5, 0.5), x, reduction='sum').item()
         nats += gpt(vqvae.encode(x), cond=c)[1].item() * len(x)
     return dict(psnr=10 * math.log10(video.numel() / mse), bits_per_token=nats / len(video) / math.log(2))
