@@ -6,7 +6,11 @@ files, BAIR is converted from its TFRecords without TensorFlow and with every wi
 video clips are cached so that training is not bound by the video decoder.
 
 Every dataset returns a dict: 'video' float32 (C, T, H, W) in [-0.5, 0.5], plus 'actions' (T, 4) for BAIR and
-'label' int64 () for a VideoFolder with class subfolders. Axis legend: N samples, T frames, H/W pixels, C channels.
+'label' int64 () for one-digit Moving MNIST and for a VideoFolder with class subfolders.
+Axis legend: N samples, T frames, H/W pixels, C channels.
+
+For videogpt.py's training loop and command line: make_dataset (a dataset by name), batches (batches that --resume
+replays exactly), encode_dataset / CodesDataset (a dataset encoded once into codes), save_video_grid and plot_metrics.
 """
 import gzip
 import hashlib
@@ -615,6 +619,110 @@ class VideoFolder(Dataset):
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# A dataset by name, for the training loop and the command line
+
+
+def make_dataset(tcfg, n_frames, resolution, train=True):
+    """The dataset named by tcfg.dataset (a videogpt.TrainConfig: dataset, data_dir, mnist_dir, n_digits, seed),
+    yielding dicts with 'video' (C, T, H, W) in [-0.5, 0.5]."""
+    if tcfg.dataset == 'mnist':
+        digits, labels, source = load_mnist(tcfg.mnist_dir or None)
+        print(f"Moving MNIST from {source}")
+        # one digit per video: its class is a 'label', for class-conditional priors (GPTConfig.cond_dim=10)
+        return MovingMNIST(digits, n_frames=n_frames, n_digits=tcfg.n_digits, seed=tcfg.seed + (not train),
+                           labels=labels if tcfg.n_digits == 1 else None)
+    if tcfg.dataset == 'bair':
+        return BAIR(tcfg.data_dir, 'train' if train else 'val', n_frames=n_frames, train=train)
+    if tcfg.dataset == 'folder':
+        return VideoFolder(tcfg.data_dir, n_frames=n_frames, resolution=resolution, train=train)
+    raise ValueError(f"unknown dataset {tcfg.dataset!r}: choose mnist, bair or folder")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Batches that --resume can replay exactly
+
+
+class SeededItems(Dataset):
+    """Wraps a dataset so that item (idx, seed) is drawn with the torch RNG seeded by `seed`.
+
+    Datasets draw random windows with torch's global RNG; seeding it per item makes batch s a pure function of
+    (seed, s, rank), whatever the number of workers, which is what lets --resume continue bit for bit.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        idx, seed = key
+        torch.manual_seed(seed)
+        return self.dataset[idx]
+
+
+def batches(dataset, tcfg, start_step, rank=0):
+    """Endless batches from step start_step on: batch s holds indices drawn from a generator seeded by (seed, s).
+
+    tcfg: a videogpt.TrainConfig (seed, batch_size, num_workers); rank: this process's rank under torchrun.
+    """
+    def keys():
+        for step in range(start_step, 1 << 62):
+            g = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + step * 1009 + rank)
+            idx = torch.randint(len(dataset), (tcfg.batch_size,), generator=g).tolist()
+            seeds = torch.randint(1 << 62, (tcfg.batch_size,), generator=g).tolist()
+            yield list(zip(idx, seeds))
+    return iter(torch.utils.data.DataLoader(SeededItems(dataset), batch_sampler=keys(), num_workers=tcfg.num_workers,
+                                            pin_memory=torch.cuda.is_available(),
+                                            persistent_workers=tcfg.num_workers > 0))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Codes: a dataset encoded once by a frozen VQ-VAE, so that the prior never runs it
+
+
+class CodesDataset(Dataset):
+    """Precomputed codes (N, t, h, w) plus the dataset's other fields; 'video' is read only if frames condition."""
+
+    def __init__(self, dataset, encoded, keep_video):
+        self.dataset, self.encoded, self.keep_video = dataset, encoded, keep_video
+
+    def __len__(self):
+        return len(self.encoded['codes'])
+
+    def __getitem__(self, idx):
+        item = {k: v[idx] for k, v in self.encoded.items()}
+        item['codes'] = item['codes'].long()
+        if self.keep_video:
+            item['video'] = self.dataset[idx]['video']
+        return item
+
+
+@torch.no_grad()
+def encode_dataset(vqvae, dataset, path, batch_size=32):
+    """Encode every video once into a file of int16 codes (N, t, h, w) plus the items' other fields (actions,
+    labels), written atomically; a second call loads it. Items must be deterministic (evaluation windows)."""
+    # The file remembers which codebook made it: codes of a retrained VQ-VAE must not be served from a stale file.
+    fingerprint = vqvae.codebook.embeddings.double().sum().item()
+    if os.path.exists(path):
+        encoded = torch.load(path, weights_only=True)
+        if encoded.pop('fingerprint').item() == fingerprint:
+            return encoded
+        print(f"{path} was made by another VQ-VAE: encoding again")
+    device = next(vqvae.parameters()).device
+    out = {}
+    for b in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+        b['codes'] = vqvae.encode(b.pop('video').to(device)).cpu().to(torch.int16)  # K <= 32768 fits int16
+        for k, v in b.items():
+            out.setdefault(k, []).append(v)
+    out = {k: torch.cat(v) for k, v in out.items()}
+    tmp = f'{path}.tmp'  # atomically, as checkpoints are: temp file, then rename
+    torch.save(dict(fingerprint=torch.tensor(fingerprint, dtype=torch.float64), **out), tmp)
+    os.replace(tmp, path)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # Visualisation
 
 
@@ -645,6 +753,19 @@ def save_video_grid(video, path=None, fps=4, nrow=None):
         else:
             raise ValueError(f'save_video_grid writes .gif, .mp4 or .png, not {path}')
     return grid
+
+
+def plot_metrics(path, log):
+    """The loss curve of a training log (rows with 'step' and 'loss') as a PNG."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r['step'] for r in log], [r['loss'] for r in log])
+    ax.set(xlabel='step', ylabel='loss', yscale='log')
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
@@ -387,6 +388,40 @@ def test_class_labels_and_action_sequences_as_cond():
     assert g2(codes, cond=torch.randn(2, 2, 4))[0].shape == (2, 2, 3, 3, 16)
 
 
+def _conditional_gpt(**kw):
+    """A class-conditional prior whose conditioning matters: random weights in its conditional LayerNorms."""
+    g = tiny_gpt(cond_dim=4, **kw).eval()
+    for m in g.modules():
+        if isinstance(m, vg.LayerNorm):
+            nn.init.normal_(m.gain.weight, 0, 0.5)
+            nn.init.normal_(m.bias.weight, 0, 0.5)
+    return g
+
+
+def test_classifier_free_guidance_mixes_conditional_and_null_logits():
+    g, labels = _conditional_gpt(cond_dropout=0.1), torch.tensor([1, 3])
+    codes, logits = g.sample(2, cond=labels, top_k=1, guidance=3.0, return_logits=True)
+    # every step's guided logits are u + 3 (c - u), with c and u from full forward passes over the sampled codes
+    c, _ = g(codes, cond=labels)
+    u, _ = g(codes, cond=torch.zeros(2, 4))
+    torch.testing.assert_close(logits, u + 3.0 * (c - u), atol=1e-4, rtol=1e-4)
+    assert (c - u).abs().max() > 1e-2  # the condition matters, so the check above is not vacuous
+    # guidance 1 is plain conditional sampling, guidance 0 is sampling with the null condition
+    draw = lambda **kw: g.sample(2, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(draw(cond=labels, guidance=1.0), draw(cond=labels))
+    assert torch.equal(draw(cond=labels, guidance=0.0), draw(cond=torch.zeros(2, 4)))
+    _raises(ValueError, 'cond_dropout', lambda: _conditional_gpt().sample(2, cond=labels, guidance=2.0))
+    _raises(ValueError, 'cond_dim > 0', lambda: tiny_gpt(cond_dropout=0.1))
+
+
+def test_cond_dropout_trains_some_videos_on_the_null_condition():
+    g, codes, labels = _conditional_gpt(cond_dropout=1.0), torch.randint(0, 16, (2, 2, 3, 3)), torch.tensor([1, 3])
+    null_loss = g(codes, cond=torch.zeros(2, 4))[1]
+    assert g(codes, cond=labels)[1] != null_loss                 # eval mode: the condition is always used
+    g.train()
+    torch.testing.assert_close(g(codes, cond=labels)[1], null_loss)  # dropout 1: always the null condition
+
+
 def test_loss_is_mean_cross_entropy_in_nats():
     g = tiny_gpt().eval()
     codes = torch.randint(0, 16, (2, 2, 3, 3))
@@ -466,7 +501,8 @@ def test_clear_errors_prior():
     _raises(ValueError, r'frames were given.*n_cond_frames', lambda: g(codes, frames=torch.zeros(2, 1, 1, 8, 8),
                                                                          cond=torch.zeros(2, 4)))
     gf = tiny_gpt(**COND_SCHEMES['frames'])
-    _raises(ValueError, r'frame-conditioned.*\(2, 3, 2, 16, 16\)', lambda: gf(codes, frames=torch.zeros(2, 3, 1, 16, 16)))
+    _raises(ValueError, r'frame-conditioned.*\(2, 3, 2, 16, 16\)',
+            lambda: gf(codes, frames=torch.zeros(2, 3, 1, 16, 16)))
     _raises(ValueError, r'sample_masked needs.*causal=False', lambda: tiny_gpt().sample_masked(1))
 
 
@@ -612,11 +648,11 @@ def test_prior_trains_on_frozen_vqvae_and_codes_file(tmp_path):
 
 def test_codes_file_is_not_reused_for_another_vqvae(tmp_path, capsys):
     vq, data_ = tiny_vqvae().eval(), _Clips()
-    first = vg.encode_dataset(vq, data_, tmp_path / 'codes.pt')
-    again = vg.encode_dataset(vq, data_, tmp_path / 'codes.pt')
+    first = data.encode_dataset(vq, data_, tmp_path / 'codes.pt')
+    again = data.encode_dataset(vq, data_, tmp_path / 'codes.pt')
     assert torch.equal(first['codes'], again['codes']) and 'encoding again' not in capsys.readouterr().out
     vq.codebook.embeddings.mul_(-1)  # "retrained": another codebook
-    vg.encode_dataset(vq, data_, tmp_path / 'codes.pt')
+    data.encode_dataset(vq, data_, tmp_path / 'codes.pt')
     assert 'encoding again' in capsys.readouterr().out
 
 
@@ -680,7 +716,7 @@ def test_command_line_train_both_stages_then_sample(tmp_path, mnist_dir):
          '--n-layer', 1)
     assert (tmp_path / 'gpt' / 'samples.gif').exists() and (tmp_path / 'vq' / 'recon.png').exists()
     _cli('sample', '--gpt', tmp_path / 'gpt' / 'ckpt.pt', '--n', 2, '--out', tmp_path / 's.gif', '--top-k', 5,
-         '--labels', 3, 7)
+         '--labels', 3, 7, '--guidance', 2)  # the demo preset trains with cond_dropout, so guidance is open to it
     import imageio.v3 as iio
     frames = iio.imread(tmp_path / 's.gif')
     assert frames.shape[0] == 8  # one GIF frame per video frame of the demo preset
