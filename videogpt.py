@@ -757,7 +757,8 @@ class VideoGPT(nn.Module):
             if return_logits:
                 all_logits[:, i] = logits
             codes[:, i] = sample_logits(logits, temperature, top_k, top_p, generator)
-            x = self.tok_emb(codes[:, i:i + 1].repeat(1 + guided, 1))
+            token = codes[:, i:i + 1]                                       # (n, 1)
+            x = self.tok_emb(torch.cat([token, token]) if guided else token)  # no copy when not guided
         self.train(was_training)
         codes = codes.view(n, *cfg.latent_shape)
         return (codes, all_logits.view(*codes.shape, -1)) if return_logits else codes
