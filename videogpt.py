@@ -958,7 +958,7 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
     # overwrite them with rank 0's copy (broadcast_buffers=False).
     fwd = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
     fwd = torch.compile(fwd) if tcfg.compile else fwd
-    data_iter = data.batches(dataset, tcfg, step, rank)
+    data_iter = data.batches(dataset, tcfg, step, rank)  # batch s depends on (seed, s, rank) only: resumable
 
     def checkpoint():
         # Every rank's RNG (dropout, code restarts) is saved, so that a resume continues each one exactly.
