@@ -1210,8 +1210,8 @@ def demo(args):
     train_vqvae(vcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'vqvae'), steps=args.vqvae_steps, batch_size=8,
                                   lr=1e-3, sample_every=args.vqvae_steps, ckpt_every=args.vqvae_steps, **common))
     vq_path, gpt_path = (os.path.join(args.out_dir, stage, 'ckpt.pt') for stage in ('vqvae', 'gpt'))
-    # lr 6e-3, not 2e-3: the class pathway (conditional LayerNorm, zero-initialised) learns faster. At 2e-3 the
-    # frames read as the asked-for digit were 0.67, at 4e-3-8e-3 0.78-0.81 (benchmarks/RESULTS.md).
+    # lr 6e-3, not 2e-3: the class pathway (conditional LayerNorm, zero-initialised) learns faster. Sampled with
+    # guidance 3, the frames read as the asked-for digit were 0.67 at 2e-3 and 0.78-0.81 at 4e-3-8e-3 (RESULTS.md).
     train_gpt(gcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'gpt'), steps=args.gpt_steps, batch_size=8,
                                 lr=6e-3, sample_every=args.gpt_steps, ckpt_every=args.gpt_steps, vqvae=vq_path,
                                 **common))
