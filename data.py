@@ -726,14 +726,21 @@ def encode_dataset(vqvae, dataset, path, batch_size=32):
 # Visualisation
 
 
-def save_video_grid(video, path=None, fps=4, nrow=None):
+def save_video_grid(video, path=None, fps=4, nrow=None, mark=None):
     """Tile a batch (B, C, T, H, W) in [-0.5, 0.5] and return the uint8 grid; path=None only returns it.
 
     .gif/.mp4: an animation of (T, rows*H, nrow*W, 3), nrow videos per row (default ceil(sqrt(B))).
     .png: one still image (B*H, T*W, 3), one row per video and time running across the columns.
+    mark: (B, T, H, W) or (T, H, W) bool; the edge of each True region is drawn in green (what a task was given).
     """
     v = ((torch.as_tensor(video).detach().cpu().float() + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    v = F.pad(v.expand(-1, 3, -1, -1, -1), (1, 1, 1, 1))  # grey -> RGB; a 2 px black gap between tiles
+    v = v.expand(-1, 3, -1, -1, -1).clone()  # grey -> RGB
+    if mark is not None:
+        m = torch.as_tensor(mark).cpu().float().expand(v.shape[0], *v.shape[2:]).flatten(0, 1)[:, None]  # (BT, 1, H, W)
+        outside = F.max_pool2d(F.pad(1 - m, (1, 1, 1, 1), value=1.0), 3, stride=1)  # next to a pixel not marked
+        edge = (m * outside).bool().view(v.shape[0], *v.shape[2:])                     # or to the frame's border
+        v.permute(0, 2, 3, 4, 1)[edge] = torch.tensor([40, 220, 40], dtype=torch.uint8)  # (B, T, H, W, 3) view
+    v = F.pad(v, (1, 1, 1, 1))  # a 2 px black gap between tiles
     suffix = Path(path).suffix.lower() if path else ''
     if suffix == '.png':
         grid = rearrange(v, 'b c t h w -> (b h) (t w) c').numpy()

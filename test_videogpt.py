@@ -430,12 +430,166 @@ def test_loss_is_mean_cross_entropy_in_nats():
     assert abs(loss.item() - math.log(16)) < 0.3  # near uniform at initialisation
 
 
-def test_masked_decoding_samples_valid_codes():
-    g = tiny_gpt(causal=False).eval()
-    codes = g.sample(2, generator=torch.Generator().manual_seed(0))
-    assert codes.shape == (2, 2, 3, 3) and codes.min() >= 0 and codes.max() < 16
-    _, loss = g(torch.randint(0, 16, (2, 2, 3, 3)))
-    assert torch.isfinite(loss)
+# ------------------------------------------------------------------------------------------------------------------
+# MAGVIT's tasks: task masks, the training schedule, masked decoding, given tokens
+
+
+def test_task_masks_give_the_documented_regions():
+    shape = (4, 4, 6)  # box and bands: rows 1:3 (half of 4, centred), columns 1:4 (half of 6)
+    want = {name: torch.zeros(shape, dtype=torch.bool) for name in vg.TASKS}
+    want['fp'][:2] = True
+    want['fi'][[0, 3]] = True
+    want['opc'][:, 1:3, 1:4] = True
+    want['ipc'] = ~want['opc']
+    want['oph'][:, :, 1:4] = True
+    want['opv'][:, 1:3] = True
+    for name in vg.TASKS:
+        assert torch.equal(vg.task_mask(name, shape, n_given=2), want[name]), name
+    _raises(ValueError, r"unknown task 'xx'.*fp, fi", lambda: vg.task_mask('xx', shape))
+    _raises(ValueError, r'nothing to generate', lambda: vg.task_mask('fp', shape, n_given=4))
+    _raises(ValueError, r'nothing to generate', lambda: vg.task_mask('fi', (2, 4, 4)))
+    _raises(ValueError, r'nothing to condition on', lambda: vg.task_mask('fp', shape, n_given=0))
+    _raises(ValueError, r'need a masked prior.*causal=False', lambda: vg.GPTConfig(tasks=('fp',)))
+    _raises(ValueError, r"unknown task 'fpp'", lambda: vg.GPTConfig(causal=False, tasks=('fpp',)))
+
+
+def test_schedule_masks_exactly_ceil_n_cos_among_the_unknown_tokens():
+    given = torch.stack([vg.task_mask(t, (3, 4, 4)).flatten() for t in ('fp', 'opc', 'uncond', 'ipc')])
+    n = (~given).sum(1)  # 32, 36, 48, 4 unknown tokens
+    for r in (0.0, 0.3, 0.5, 0.77, 0.999999):
+        mask = vg.schedule_mask(given, torch.full((4,), r))
+        want = [max(1, math.ceil(int(k) * math.cos(math.pi * r / 2))) for k in n]
+        assert mask.sum(1).tolist() == want, r
+        assert not (mask & given).any()  # a given token is never masked
+    # batch 1 of 4 tokens, many draws: at least one token is always masked, so the loss is never NaN
+    g = tiny_gpt(causal=False, latent_shape=(1, 2, 2))
+    losses = torch.stack([g(torch.randint(0, 16, (1, 1, 2, 2)))[1] for _ in range(300)])
+    assert torch.isfinite(losses).all()
+
+
+def test_masked_training_draws_a_task_per_video_and_scores_masked_tokens_only(monkeypatch):
+    g = tiny_gpt(causal=False, latent_shape=(3, 4, 4), tasks=('fp', 'opc', 'ipc')).eval()
+    codes = torch.randint(0, 16, (64, 3, 4, 4))
+    seen = {}
+    monkeypatch.setattr(vg, 'schedule_mask', lambda given, r, f=vg.schedule_mask: seen.update(
+        given=given, mask=f(given, r)) or seen['mask'])
+    emb = g.tok_emb.forward
+    monkeypatch.setattr(g.tok_emb, 'forward', lambda ids: seen.update(ids=ids) or emb(ids))
+    logits, loss = g(codes)
+    given, mask, tokens = seen['given'], seen['mask'], codes.view(64, -1)
+    allowed = torch.stack([vg.task_mask(t, (3, 4, 4), k).flatten() for t in ('fp', 'opc', 'ipc') for k in (1, 2)])
+    assert all((allowed == row).all(1).any() for row in given)  # each video got one of the tasks' masks
+    assert len({tuple(row.tolist()) for row in given}) >= 4     # and not all the same one
+    assert torch.equal(seen['ids'], tokens.masked_fill(mask, 16))  # given and unmasked tokens go in as they are
+    flat = logits.view(64, -1, 16)
+    torch.testing.assert_close(loss, F.cross_entropy(flat[mask], tokens[mask]))  # the loss covers masked only
+
+
+def _count_passes(monkeypatch, g):
+    """Record the number of [MASK] tokens in the input of every forward pass of masked decoding."""
+    passes, emb = [], g.tok_emb.forward
+    monkeypatch.setattr(g.tok_emb, 'forward', lambda ids: passes.append((ids == g.config.n_codes).sum(1)) or emb(ids))
+    return passes
+
+
+@pytest.mark.parametrize('steps', [12, 5])
+def test_masked_decoding_takes_exactly_steps_passes_on_the_cosine_schedule(monkeypatch, steps):
+    g = tiny_gpt(causal=False, latent_shape=(3, 4, 4), cond_dim=3)
+    cond = torch.randn(2, 3)
+    passes = _count_passes(monkeypatch, g)
+    given = torch.randint(0, 16, (2, 3, 4, 4))
+    out = g.sample_masked(2, cond=cond, steps=steps, given=given, given_mask=vg.task_mask('opc', (3, 4, 4)),
+                          generator=torch.Generator().manual_seed(0))
+    n = 48 - 12  # unknown tokens: all but the 2 x 2 central box of 3 frames
+    assert len(passes) == steps
+    want = [n] + [math.floor(n * math.cos(math.pi / 2 * s / steps)) for s in range(1, steps)]
+    assert [int(p[0]) for p in passes] == want and [int(p[1]) for p in passes] == want
+    assert out.max() < 16 and out.min() >= 0
+    again = g.sample_masked(2, cond=cond, steps=steps, given=given, given_mask=vg.task_mask('opc', (3, 4, 4)),
+                            generator=torch.Generator().manual_seed(0))
+    other = g.sample_masked(2, cond=cond, steps=steps, given=given, given_mask=vg.task_mask('opc', (3, 4, 4)),
+                            generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, again) and not torch.equal(out, other)
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_given_tokens_are_kept_for_every_task(causal):
+    shape = (3, 4, 4)
+    g = tiny_gpt(causal=causal, latent_shape=shape, **({} if causal else dict(tasks=tuple(vg.TASKS)))).eval()
+    given = torch.randint(0, 16, (3, *shape))
+    for task in (('fp', 'uncond') if causal else vg.TASKS):
+        for k in ((1, 2) if task == 'fp' else (1,)):
+            m = vg.task_mask(task, shape, k)
+            out = g.sample(3, given=given, given_mask=m, generator=torch.Generator().manual_seed(0))
+            assert torch.equal(out[:, m], given[:, m]), task
+            assert out.min() >= 0 and out.max() < 16 and out.dtype == torch.int64  # no [MASK] id left
+            if task != 'uncond':
+                assert not torch.equal(out, given)  # the rest was generated
+    per_video = torch.stack([vg.task_mask('opc', shape), vg.task_mask('ipc', shape), vg.task_mask('fi', shape)])
+    if not causal:  # a different task for each video of one batch
+        out = g.sample(3, given=given, given_mask=per_video)
+        assert torch.equal(out[per_video], given[per_video])
+
+
+@pytest.mark.parametrize('scheme', ['none', 'both'])
+def test_causal_prefix_continuation_equals_greedy_full_forward(scheme):
+    g = tiny_gpt(**COND_SCHEMES[scheme]).eval()
+    frames, cond = cond_inputs(g.config)
+    given = torch.randint(0, 16, (2, 2, 3, 3))
+    m = vg.task_mask('fp', (2, 3, 3))  # the first latent frame: 9 tokens
+    cached, step_logits = g.sample(2, frames, cond, top_k=1, given=given, given_mask=m, return_logits=True)
+    codes = given.clone().view(2, 18)
+    for i in range(9, 18):
+        logits, _ = g(codes.view(2, 2, 3, 3), frames, cond)
+        codes[:, i] = logits.view(2, 18, -1)[:, i].argmax(-1)
+    assert torch.equal(cached, codes.view(2, 2, 3, 3))
+    full, _ = g(cached, frames, cond)
+    torch.testing.assert_close(step_logits, full, rtol=1e-5, atol=1e-5)  # the prefix's one-chunk pass included
+
+
+def test_guided_prefix_continuation_mixes_logits_from_full_forward():
+    g = _conditional_gpt(cond_dropout=0.1)
+    cond = torch.eye(4)[:2]
+    given = torch.randint(0, 16, (2, 2, 3, 3))
+    codes, logits = g.sample(2, cond=cond, guidance=3.0, given=given, given_mask=vg.task_mask('fp', (2, 3, 3)),
+                             return_logits=True)
+    c, _ = g(codes, cond=cond)
+    u, _ = g(codes, cond=torch.zeros_like(cond))
+    torch.testing.assert_close(logits, u + 3.0 * (c - u), rtol=1e-4, atol=1e-4)
+    assert torch.equal(codes[:, 0], given[:, 0])
+
+
+def test_given_errors_name_the_fix():
+    g, gm = tiny_gpt(), tiny_gpt(causal=False, tasks=('fp', 'opc'))
+    given = torch.randint(0, 16, (2, 2, 3, 3))
+    _raises(ValueError, r'raster-order prefix.*causal=False', lambda: g.sample(
+        2, given=given, given_mask=vg.task_mask('opc', (2, 3, 3))))
+    _raises(ValueError, r'raster-order prefix', lambda: g.sample(
+        2, given=given, given_mask=torch.stack([vg.task_mask('fp', (2, 3, 3)), torch.zeros(2, 3, 3, dtype=bool)])))
+    for model in (g, gm):
+        m = vg.task_mask('fp', (2, 3, 3))
+        _raises(ValueError, r'codes must be \(B, 2, 3, 3\)', lambda: model.sample(2, given=given[:, :1], given_mask=m))
+        _raises(ValueError, r'codes must lie in \[0, 16\)', lambda: model.sample(2, given=given + 16, given_mask=m))
+        _raises(ValueError, r'given holds 2 code grids for n=3', lambda: model.sample(3, given=given, given_mask=m))
+        _raises(ValueError, r'given_mask must be a bool', lambda: model.sample(2, given=given, given_mask=m.float()))
+        _raises(ValueError, r'pass both given', lambda: model.sample(2, given=given))
+    _raises(ValueError, r'steps must be a positive integer', lambda: gm.sample(1, steps=0))
+    _raises(ValueError, r'steps counts the passes of masked decoding', lambda: g.sample(1, steps=12))
+
+
+def test_complete_video_keeps_the_given_region_and_maps_it_to_pixels():
+    vq = tiny_vqvae().eval()  # 4x8x8 -> 2x4x4 codes
+    g = tiny_gpt(n_codes=32, latent_shape=(2, 4, 4), causal=False, tasks=('opc',))
+    x = video()
+    seen = {}
+    sample = g.sample
+    g.sample = lambda n, *a, **kw: seen.update(kw) or sample(n, *a, **kw)
+    out, pixels = vg.complete_video(vq, g, x, 'opc', generator=torch.Generator().manual_seed(0), steps=3)
+    assert out.shape == x.shape and out.abs().max() <= 0.5
+    assert torch.equal(seen['given'], vq.encode(x)) and seen['steps'] == 3
+    want = torch.zeros(4, 8, 8, dtype=torch.bool)
+    want[:, 2:6, 2:6] = True  # latent box rows/cols 1:3 of 4, each latent cell 2 x 2 x 2 pixels
+    assert torch.equal(pixels, want)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -743,6 +897,45 @@ def test_sample_command_with_frames_from_a_video_file_and_an_actions_file(tmp_pa
     assert out.shape[0] == 4
     tile = out[0, 1:9, 1:9]  # the first video's first frame, inside the grid's 1-pixel border
     assert tile[3:5, 3:5].min() > 200 and tile[0, 0].max() < 50  # the given frame is shown as it is
+
+
+def test_sample_command_completes_a_video_for_a_task_and_outlines_the_given_region(tmp_path):
+    clip = np.zeros((4, 8, 8, 3), np.uint8)
+    clip[:, 2:6, 2:6] = 255
+    clip[np.arange(4), 0, np.arange(4)] = 120  # frames that differ: a GIF writer merges identical ones
+    (tmp_path / 'videos').mkdir()
+    for i in range(3):
+        _data_write_video(tmp_path / 'videos' / f'{i}.gif', np.roll(clip, i, axis=2))
+    common = ['--steps', 2, '--batch-size', 2, '--num-workers', 0, '--dataset', 'folder', '--data-dir',
+              tmp_path / 'videos']
+    vg.main(list(map(str, ['train-vqvae', '--out-dir', tmp_path / 'vq', '--in-channels', 3, '--sequence-length', 4,
+                           '--resolution', 8, '--downsample', 2, 2, 2, '--n-hiddens', 16, '--n-res-layers', 1,
+                           '--embedding-dim', 8, '--n-codes', 32, *common])))
+    vq_path = tmp_path / 'vq' / 'ckpt.pt'
+    vg.main(list(map(str, ['train-gpt', '--vqvae', vq_path, '--out-dir', tmp_path / 'gpt', '--causal', 'false',
+                           '--tasks', 'fp', 'opc', '--n-layer', 1, '--n-embd', 16, '--n-head', 2, *common])))
+    gpt_path = tmp_path / 'gpt' / 'ckpt.pt'
+    assert vg.load_model(gpt_path).config.tasks == ('fp', 'opc')
+    _data_write_video(tmp_path / 'clip.gif', clip)
+    out = tmp_path / 'done.gif'
+    vg.main(list(map(str, ['sample', '--gpt', gpt_path, '--task', 'opc', '--from', tmp_path / 'clip.gif',
+                           '--n', 2, '--steps', 3, '--out', out])))
+    grid = iio.imread(out)  # (T, 2 rows of 10, 2 columns of 10, 3): real videos on top, completions below
+    assert grid.shape == (4, 20, 20, 3)
+    green = (grid[..., 1] > 150) & (grid[..., 0] < 100)
+    assert not green[:, :10].any()  # the real row has no outline
+    assert green[:, 13, 13].all() and green[:, 13, 16].all() and not green[:, 14, 14].any()  # the box's edge
+    with pytest.raises(SystemExit):  # --out with a suffix we cannot write fails before any sampling
+        vg.main(list(map(str, ['sample', '--gpt', gpt_path, '--out', tmp_path / 'x.jpg'])))
+    with pytest.raises(SystemExit):
+        vg.main(list(map(str, ['sample', '--gpt', gpt_path, '--task', 'opc'])))  # --task without --from
+    (tmp_path / 'moved').mkdir()  # a moved run folder still finds its VQ-VAE, relative to the prior's folder
+    os.replace(tmp_path / 'gpt', tmp_path / 'moved' / 'gpt')
+    os.replace(tmp_path / 'vq', tmp_path / 'moved' / 'vq')
+    assert vg.find_vqvae(tmp_path / 'moved' / 'gpt' / 'ckpt.pt') == str(tmp_path / 'moved' / 'gpt' / '../vq/ckpt.pt')
+    _raises(ValueError, "'vqvae' checkpoint, not a prior", lambda: vg.find_vqvae(tmp_path / 'moved' / 'vq' / 'ckpt.pt'))
+    os.replace(tmp_path / 'moved' / 'vq', tmp_path / 'elsewhere')
+    _raises(FileNotFoundError, 'pass --vqvae PATH', lambda: vg.find_vqvae(tmp_path / 'moved' / 'gpt' / 'ckpt.pt'))
 
 
 def test_command_line_errors_name_the_fix(tmp_path):
@@ -1227,6 +1420,18 @@ def test_data_save_video_grid(tmp_path):
     assert len(list(iio.imiter(tmp_path / 'grid.mp4'))) == 6
     with pytest.raises(ValueError, match='.gif, .mp4 or .png'):
         data.save_video_grid(video, tmp_path / 'grid.jpg')
+
+
+def test_data_save_video_grid_outlines_marked_regions():
+    mark = torch.zeros(2, 3, 8, 8, dtype=torch.bool)
+    mark[1, :, 2:6, 2:6] = True  # the second video: a 4 x 4 box in every frame
+    grid = data.save_video_grid(torch.zeros(2, 1, 3, 8, 8) - 0.5, mark=mark, nrow=2)  # (3, 10, 20, 3)
+    green = (grid[..., 1] == 220) & (grid[..., 0] == 40)
+    tile = green[:, 1:9, 11:19]  # the second tile, inside its border
+    ring = torch.zeros(8, 8, dtype=torch.bool)
+    ring[2:6, 2:6] = True
+    ring[3:5, 3:5] = False
+    assert (tile == ring.numpy()).all() and not green[:, :, :10].any()
 
 
 def test_data_write_bair_tar_round_trips_through_convert(tmp_path):

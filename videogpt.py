@@ -564,6 +564,56 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.ln2(x, cond)))
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# MAGVIT's tasks (Yu et al. 2023, section 3.2): which tokens are given, which the masked prior must generate
+
+TASKS = dict(fp='frame prediction: the first n_given latent frames', fi='frame interpolation: the first and last',
+             opc='central outpainting: a central box', oph='horizontal outpainting: a central vertical band',
+             opv='vertical outpainting: a central horizontal band', ipc='central inpainting: all but a central box',
+             uncond='unconditional generation: nothing')
+
+
+def task_mask(task, latent_shape, n_given=1):
+    """(t, h, w) bool, True where `task` gives the tokens (TASKS). Boxes and bands span half of each axis, centred,
+    in every latent frame: a quarter of each frame is given for 'opc' and generated for 'ipc', as in MAGVIT."""
+    t, h, w = latent_shape
+    given = torch.zeros(latent_shape, dtype=torch.bool)
+    rows, cols = slice((h - h // 2) // 2, (h + h // 2) // 2), slice((w - w // 2) // 2, (w + w // 2) // 2)
+    if task == 'fp':
+        given[:n_given] = True
+    elif task == 'fi':
+        given[0] = given[-1] = True
+    elif task in ('opc', 'ipc'):
+        given[:, rows, cols] = True
+        given = ~given if task == 'ipc' else given
+    elif task == 'oph':
+        given[:, :, cols] = True
+    elif task == 'opv':
+        given[:, rows] = True
+    elif task != 'uncond':
+        raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
+    if task != 'uncond' and (given.all() or not given.any() or n_given < 1):
+        raise ValueError(f"task {task!r} (n_given={n_given}) on a {t}x{h}x{w} latent grid leaves nothing to "
+                         f"{'generate' if given.all() else 'condition on'}: use a larger grid or another task")
+    return given
+
+
+def schedule_mask(given, r):
+    """MaskGIT's training mask: given (B, L) bool, r (B,) in [0, 1) -> (B, L) bool masking exactly
+    max(1, ceil(N cos(pi r / 2))) of each video's N tokens that are not given, chosen uniformly; never a given one."""
+    n = (~given).sum(1)                                                                        # (B,) N
+    n_mask = torch.ceil(n * torch.cos(math.pi / 2 * r)).long().clamp(min=1).minimum(n)      # (B,)
+    rank = torch.rand(given.shape, device=given.device).masked_fill(given, 2.0).argsort(1).argsort(1)
+    return rank < n_mask[:, None]  # the n_mask lowest random scores; given tokens score 2 and come last
+
+
+def draw_task_masks(tasks, latent_shape, B, device=None):
+    """(B, L) bool given tokens: one task per video drawn from `tasks`; 'fp' gives 1..t-1 latent frames at random."""
+    picks = torch.randint(len(tasks), (B,)).tolist()
+    n_given = torch.randint(1, max(2, latent_shape[0]), (B,)).tolist()
+    return torch.stack([task_mask(tasks[k], latent_shape, n).flatten() for k, n in zip(picks, n_given)]).to(device)
+
+
 @dataclass
 class GPTConfig:
     n_codes: int = 512                  # K, the VQ-VAE's codebook size
@@ -581,9 +631,15 @@ class GPTConfig:
     cond_dim: int = 0                   # > 0: conditional LayerNorm on a (B, cond_dim) vector (class, actions)
     cond_dropout: float = 0.0           # train on the null (all-zero) vector this often: enables sample(guidance=)
     fast_attention: bool = True         # False: the explicit-softmax reference path (for tests and teaching)
+    tasks: tuple = ('uncond',)          # masked priors: the MAGVIT tasks trained on, each video draws one (TASKS)
 
     def __post_init__(self):
-        self.latent_shape = tuple(self.latent_shape)
+        self.latent_shape, self.tasks = tuple(self.latent_shape), tuple(self.tasks)
+        if self.causal and self.tasks != ('uncond',):
+            raise ValueError(f"tasks={self.tasks} need a masked prior: set causal=False (a causal prior already "
+                             "learns every raster-order prefix, which is all the frame prediction it can do)")
+        for task in self.tasks:
+            task_mask(task, self.latent_shape)  # raises for an unknown task or one this grid cannot pose
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if self.cond_dropout and not (self.cond_dim and 0 < self.cond_dropout <= 1):
@@ -680,7 +736,7 @@ class VideoGPT(nn.Module):
 
         Causal: logits at position i predict code i from codes < i (teacher forcing). Non-causal (masked decoding):
         the codes at `mask` (B, t, h, w) bool are replaced by [MASK] and the loss covers only them; without a mask,
-        a random fraction cos(pi/2 * u), u ~ U(0, 1], is masked per video (MaskGIT / MAGVIT schedule).
+        each video draws a task from cfg.tasks and schedule_mask hides some of the tokens that task does not give.
         """
         cond = self._check(codes, frames, cond)
         cfg, B = self.config, codes.shape[0]
@@ -694,13 +750,16 @@ class VideoGPT(nn.Module):
             x = torch.cat([self.sos.expand(B, 1, -1), self.tok_emb(tokens[:, :-1])], dim=1)
             target = tokens
         else:
-            if mask is None:
-                ratio = torch.cos(math.pi / 2 * (1 - torch.rand(B, 1, device=codes.device)))  # (B, 1) in [0, 1)
-                mask = torch.rand(tokens.shape, device=codes.device) < ratio.clamp(min=1 / tokens.shape[1])
+            if mask is None:  # one task per video, then the schedule masks among the tokens it does not give
+                given = draw_task_masks(cfg.tasks, cfg.latent_shape, B, codes.device)
+                mask = schedule_mask(given, torch.rand(B, device=codes.device))
             else:
                 mask = rearrange(mask, 'B t h w -> B (t h w)')
+            # Given tokens go in as their plain code embeddings. MAGVIT's COMMIT embeds them into [MASK] tokens
+            # instead, to stop the model copying them through; we only ever give real codes of the video, so the
+            # plain, readable choice loses nothing here.
             x = self.tok_emb(tokens.masked_fill(mask, cfg.n_codes))
-            target = tokens.masked_fill(~mask, -100)  # -100: ignored by cross_entropy
+            target = tokens.masked_fill(~mask, -100)  # -100: ignored by cross_entropy, so only masked tokens count
         x = self.drop(x + rearrange(self.pos_emb(), 't h w D -> (t h w) D'))
         logits = self.head(self._trunk(x, cond, self._frame_kv(frames)))
         loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100)
@@ -713,24 +772,51 @@ class VideoGPT(nn.Module):
 
     # -- sampling -------------------------------------------------------------------------------------------------
 
+    def _check_given(self, n, given, given_mask):
+        """(n, L) int64 codes and (n, L) bool of the given tokens, or (None, None); checks shapes, dtype and range."""
+        if given is None and given_mask is None:
+            return None, None
+        cfg, shape = self.config, self.config.latent_shape
+        if given is None or given_mask is None:
+            raise ValueError("pass both given (n, t, h, w) codes, e.g. from VQVAE.encode, and given_mask, True where "
+                             "tokens are given, e.g. task_mask('fp', latent_shape)")
+        check_codes(given, shape, cfg.n_codes, ": given holds a video's codes from VQVAE.encode")
+        if given.shape[0] != n:
+            raise ValueError(f"given holds {given.shape[0]} code grids for n={n} samples: pass one per sample")
+        if given_mask.dtype != torch.bool or given_mask.shape not in ((*shape,), (n, *shape)):
+            raise ValueError(f"given_mask must be a bool tensor {shape} or {(n, *shape)}, got {given_mask.dtype} "
+                             f"{tuple(given_mask.shape)}: build one with task_mask(task, latent_shape)")
+        return given.long().reshape(n, -1), given_mask.to(given.device).expand(n, *shape).reshape(n, -1)
+
     @torch.no_grad()
     def sample(self, n, frames=None, cond=None, temperature=1.0, top_k=None, top_p=None, generator=None,
-               return_logits=False, guidance=1.0):
+               return_logits=False, guidance=1.0, given=None, given_mask=None, steps=None):
         """Draw n code grids (n, t, h, w) int64, one token at a time with a KV cache (causal priors), or by masked
         parallel decoding (non-causal priors, see sample_masked). frames / cond as in forward, with batch n.
 
         top_k=1 is greedy decoding. With return_logits, also returns the (n, t, h, w, K) logits of each step.
         guidance > 1 is classifier-free guidance for priors trained with cond_dropout: logits u + g (c - u) from the
         conditional (c) and null-condition (u) predictions, which pulls every token toward the condition (frames, if
-        any, condition both).
+        any, condition both). given (n, t, h, w) codes are kept where given_mask (t, h, w) or (n, t, h, w) is True;
+        a causal prior takes only a raster-order prefix there (frame prediction as continuation). steps: forward
+        passes of masked decoding (default 12).
         """
         if not self.config.causal:
             if top_k is not None or top_p is not None or return_logits or guidance != 1.0:
                 raise ValueError("top_k, top_p, return_logits and guidance apply to causal priors; masked decoding "
                                  "(causal=False) takes temperature and steps: call sample_masked")
-            return self.sample_masked(n, frames, cond, temperature=temperature, generator=generator)
+            return self.sample_masked(n, frames, cond, 12 if steps is None else steps, temperature,
+                                      generator=generator, given=given, given_mask=given_mask)
+        if steps is not None:
+            raise ValueError("steps counts the passes of masked decoding; a causal prior takes one step per token")
         cond = self._check(None, frames, cond, batch=n)
         cfg, L = self.config, self.config.block_size
+        given, given_mask = self._check_given(n, given, given_mask)
+        p = 0 if given is None else int(given_mask[0].sum())  # the given prefix's length
+        if given is not None and not (given_mask[:, :p].all() and not given_mask[:, p:].any()):
+            raise ValueError("a causal prior continues a raster-order prefix only (the same first tokens in t, h, w "
+                             "order for every video, e.g. task_mask('fp', ...)); for other tasks train a masked "
+                             "prior: GPTConfig(causal=False, tasks=(...))")
         guided = guidance != 1.0
         if guided:  # one batch of 2n: the n videos under their condition, then under the null condition
             if not cfg.cond_dropout:
@@ -748,49 +834,64 @@ class VideoGPT(nn.Module):
         codes = torch.empty(n, L, dtype=torch.long, device=dev)
         all_logits = torch.empty(n, L, cfg.n_codes, device=dev) if return_logits else None
         x = self.sos.expand(n * (1 + guided), 1, -1)
-        for i in range(L):
-            h = self._trunk(x + pos_emb[i], cond, frame_kv, caches, pos=i)  # (n, 1, D), or (2n, 1, D) guided
-            logits = self.head(h[:, 0]).float()                            # (n, K), or (2n, K) guided
+        if p:  # the given prefix goes in as one chunk: its keys and values fill the cache in a single pass
+            codes[:, :p] = given[:, :p]
+            x = torch.cat([x, self.tok_emb(torch.cat([given[:, :p]] * (1 + guided)))], dim=1)
+        start = 0  # the cache holds positions < start
+        for i in range(p, L):
+            h = self._trunk(x + pos_emb[start:i + 1], cond, frame_kv, caches, pos=start)  # (n or 2n, i+1-start, D)
+            logits = self.head(h if return_logits else h[:, -1:]).float()  # (n or 2n, i+1-start or 1, K)
             if guided:
                 c, u = logits.chunk(2)
                 logits = u + guidance * (c - u)
             if return_logits:
-                all_logits[:, i] = logits
-            codes[:, i] = sample_logits(logits, temperature, top_k, top_p, generator)
-            token = codes[:, i:i + 1]                                       # (n, 1)
+                all_logits[:, start:i + 1] = logits
+            codes[:, i] = sample_logits(logits[:, -1], temperature, top_k, top_p, generator)
+            token, start = codes[:, i:i + 1], i + 1                        # (n, 1)
             x = self.tok_emb(torch.cat([token, token]) if guided else token)  # no copy when not guided
         self.train(was_training)
         codes = codes.view(n, *cfg.latent_shape)
         return (codes, all_logits.view(*codes.shape, -1)) if return_logits else codes
 
     @torch.no_grad()
-    def sample_masked(self, n, frames=None, cond=None, steps=12, temperature=1.0, generator=None):
+    def sample_masked(self, n, frames=None, cond=None, steps=12, temperature=1.0, choice_temperature=4.5,
+                      generator=None, given=None, given_mask=None):
         """Masked parallel decoding (MaskGIT, Chang et al. 2022; MAGVIT, Yu et al. 2023) for causal=False priors.
 
-        Start from all [MASK]; at each of `steps` steps predict every masked token at once, keep the most confident
-        predictions and re-mask the rest, so that cos(pi/2 * (s + 1) / steps) of the tokens stay masked.
+        Start with every token that is not given as [MASK]. Each of `steps` forward passes samples all masked tokens
+        at once, keeps the most confident and re-masks the rest, so that floor(N cos(pi/2 (s + 1) / steps)) of the
+        N unknown tokens stay masked after step s: none after the last. Given tokens are never changed.
         """
         if self.config.causal:
             raise ValueError("sample_masked needs a bidirectional prior: build it with GPTConfig(causal=False)")
+        if not (isinstance(steps, int) and steps >= 1):
+            raise ValueError(f"steps must be a positive integer (12 is MaskGIT's choice), got {steps!r}")
         cond = self._check(None, frames, cond, batch=n)
         cfg, L = self.config, self.config.block_size
+        given, given_mask = self._check_given(n, given, given_mask)
         was_training = self.training
         self.eval()
-        dev = self.sos.device
-        tokens = torch.full((n, L), cfg.n_codes, dtype=torch.long, device=dev)
+        dev, MASK = self.sos.device, cfg.n_codes
+        tokens = torch.full((n, L), MASK, dtype=torch.long, device=dev)
+        if given is not None:
+            tokens = torch.where(given_mask, given.to(dev), tokens)
+        n_unknown = (tokens == MASK).sum(1)                                            # (n,)
         frame_kv = self._frame_kv(frames)
         pos_emb = rearrange(self.pos_emb(), 't h w D -> (t h w) D')
         for s in range(steps):
-            masked = tokens == cfg.n_codes
+            masked = tokens == MASK
             logits = self.head(self._trunk(self.tok_emb(tokens) + pos_emb, cond, frame_kv)).float()  # (n, L, K)
-            probs = F.softmax(logits / max(temperature, 1e-6), dim=-1)
-            draw = torch.multinomial(probs.view(-1, cfg.n_codes), 1, generator=generator).view(n, L)
-            confidence = probs.gather(-1, draw[..., None])[..., 0].masked_fill(~masked, float('inf'))
-            n_keep_masked = int(L * math.cos(math.pi / 2 * (s + 1) / steps))  # 0 at the last step
+            draw = sample_logits(logits.view(n * L, -1), temperature, generator=generator).view(n, L)
+            logp = F.log_softmax(logits / max(temperature, 1e-6), -1).gather(-1, draw[..., None])[..., 0]
+            # MaskGIT's confidence: the drawn code's log-probability plus Gumbel noise that anneals to 0, so that
+            # early steps commit to a more varied set of positions than the greedy most-confident ones.
+            u = torch.rand(n, L, generator=generator, device=dev).clamp_(1e-20, 1 - 1e-7)
+            noise = -torch.log(-torch.log(u)) * choice_temperature * (1 - (s + 1) / steps)
+            confidence = (logp + noise).masked_fill(~masked, float('inf'))  # decided tokens are never re-masked
             tokens = torch.where(masked, draw, tokens)
-            if n_keep_masked:  # re-mask the least confident of this step's new tokens
-                remask = confidence.argsort(dim=-1)[:, :n_keep_masked]
-                tokens.scatter_(1, remask, cfg.n_codes)
+            n_keep = (n_unknown * math.cos(math.pi / 2 * (s + 1) / steps)).floor().long()  # (n,), 0 at the end
+            remask = confidence.argsort(1).argsort(1) < n_keep[:, None]  # the n_keep least confident, per video
+            tokens = tokens.masked_fill(remask, MASK)
         self.train(was_training)
         return tokens.view(n, *cfg.latent_shape)
 
@@ -1021,7 +1122,7 @@ def vqvae_step(model, batch):
 def train_vqvae(vcfg, tcfg, dataset=None):
     """Stage 1: train a VQ-VAE on tcfg.dataset; writes ckpt.pt, metrics.jsonl, loss.png and recon.png."""
     dataset = dataset or data.make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)
-    fixed = torch.stack([dataset[i]['video'] for i in range(4)])  # the same 4 videos at every sample step
+    fixed = torch.stack([dataset[i]['video'] for i in range(min(4, len(dataset)))])  # the same ones each time
 
     def on_sample(model, step):
         model.eval()
@@ -1060,7 +1161,7 @@ def train_gpt(gcfg, tcfg, dataset=None):
     if tcfg.codes_file:
         encoded = data.encode_dataset(vqvae, dataset, tcfg.codes_file)
         dataset = data.CodesDataset(dataset, encoded, keep_video=gcfg.n_cond_frames > 0)
-    fixed = {k: v[:4] for k, v in torch.utils.data.default_collate([dataset[i] for i in range(4)]).items()}
+    fixed = torch.utils.data.default_collate([dataset[i] for i in range(min(4, len(dataset)))])
 
     def step_fn(model, batch):
         codes = batch['codes'] if 'codes' in batch else vqvae.encode(batch['video'])
@@ -1071,25 +1172,43 @@ def train_gpt(gcfg, tcfg, dataset=None):
 
     def on_sample(model, step):
         frames, cond = gpt_inputs(gcfg, {k: v.to(device) for k, v in fixed.items()})
-        codes = model.sample(4, frames, cond, generator=torch.Generator(device).manual_seed(0))
+        codes = model.sample(len(fixed['codes' if 'codes' in fixed else 'video']), frames, cond,
+                             generator=torch.Generator(device).manual_seed(0))
         with torch.no_grad():
             video = vqvae.decode(codes).clamp(-0.5, 0.5).cpu()
         data.save_video_grid(video, os.path.join(tcfg.out_dir, 'samples.gif'))
     torch.manual_seed(tcfg.seed)
     return train(VideoGPT(gcfg), 'gpt', step_fn, dataset, tcfg, gcfg, on_sample,
-                 extra=dict(vqvae=os.path.abspath(tcfg.vqvae)))  # a reference to stage 1, not a copy of it
+                 extra=dict(vqvae=os.path.abspath(tcfg.vqvae),  # a reference to stage 1, not a copy of it;
+                            vqvae_rel=os.path.relpath(tcfg.vqvae, tcfg.out_dir)))  # found again after a move
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # Sampling to files, and the command line
 
 
+def find_vqvae(gpt_path, vqvae_path=''):
+    """The VQ-VAE checkpoint of a prior: vqvae_path if given, else the one it was trained on, looked up relative to
+    the prior's folder first (so that a moved run folder still works), then at its absolute path."""
+    if vqvae_path:
+        return vqvae_path
+    ckpt = load_checkpoint(gpt_path)
+    if ckpt.get('kind') != 'gpt':
+        raise ValueError(f"{gpt_path} is a {ckpt.get('kind')!r} checkpoint, not a prior: pass train-gpt's ckpt.pt")
+    rel = os.path.join(os.path.dirname(gpt_path), ckpt.get('vqvae_rel', ''))
+    for path in (rel, ckpt['vqvae']):
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"the prior's VQ-VAE is neither at {rel} nor at {ckpt['vqvae']}: pass --vqvae PATH")
+
+
 @torch.no_grad()
-def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed=0, nrow=None, **sampling):
-    """Sample n videos from a prior checkpoint (its VQ-VAE is found through the checkpoint) and write a GIF/MP4."""
+def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed=0, nrow=None, vqvae_path='',
+                  **sampling):
+    """Sample n videos from a prior checkpoint and its VQ-VAE (find_vqvae) and write a GIF/MP4."""
     device = setup_device()[0]
     gpt = load_model(gpt_path).to(device)
-    vqvae = load_model(load_checkpoint(gpt_path)['vqvae']).to(device)
+    vqvae = load_model(find_vqvae(gpt_path, vqvae_path)).to(device)
     to = (lambda x: x if x is None else x.to(device))
     codes = gpt.sample(n, to(frames), to(cond), generator=torch.Generator(device).manual_seed(seed), **sampling)
     video = vqvae.decode(codes).clamp(-0.5, 0.5).cpu()
@@ -1097,6 +1216,20 @@ def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed
         video[:, :, :frames.shape[2]] = frames
     data.save_video_grid(video, out, nrow=nrow)
     return video
+
+
+@torch.no_grad()
+def complete_video(vqvae, gpt, video, task, n_given=1, frames=None, cond=None, generator=None, **sampling):
+    """Pixels in, pixels out: encode video (B, C, T, H, W), keep the tokens that `task` gives, sample the rest with
+    gpt, decode. Returns the completed video (B, C, T, H, W) and the given region in pixels (T, H, W) bool."""
+    vqvae.eval()  # never move the codebook while encoding
+    given_mask = task_mask(task, vqvae.config.latent_shape, n_given).to(video.device)
+    codes = gpt.sample(len(video), frames, cond, generator=generator, given=vqvae.encode(video),
+                       given_mask=given_mask, **sampling)
+    pixels = given_mask
+    for axis, d in enumerate(vqvae.config.downsample):  # each latent cell covers d pixels along its axis
+        pixels = pixels.repeat_interleave(d, dim=axis)
+    return vqvae.decode(codes).clamp(-0.5, 0.5), pixels
 
 
 def _add_dataclass_args(parser, cls, skip=()):
@@ -1108,8 +1241,9 @@ def _add_dataclass_args(parser, cls, skip=()):
         if kind is bool:
             parser.add_argument(flag, type=lambda s: s.lower() in ('1', 'true', 'yes'), default=None,
                                 metavar='BOOL')
-        elif kind is tuple:
-            parser.add_argument(flag, type=int, nargs=len(f.default), default=None)
+        elif kind is tuple:  # downsample: exactly 3 ints; tasks: any number of names
+            named = isinstance(f.default[0], str)
+            parser.add_argument(flag, type=str if named else int, nargs='+' if named else len(f.default), default=None)
         else:
             parser.add_argument(flag, type=kind, default=None)
 
@@ -1128,8 +1262,14 @@ def main(argv=None):
         s.add_argument('--preset', default='mnist', help=f"one of {', '.join(PRESETS)}")
         _add_dataclass_args(s, cfg_cls, skip=('n_codes', 'latent_shape') if cfg_cls is GPTConfig else ())
         _add_dataclass_args(s, TrainConfig)
-    s = sub.add_parser('sample', help="sample videos from a prior checkpoint")
+    s = sub.add_parser('sample', help="sample videos from a prior checkpoint, or complete a real one (--task)")
     s.add_argument('--gpt', required=True, help="the prior's ckpt.pt")
+    s.add_argument('--vqvae', default='', help="its VQ-VAE's ckpt.pt (default: the one it was trained on)")
+    s.add_argument('--task', choices=list(TASKS), help="complete the videos of --from: " + '; '.join(
+        f'{k}: {v}' for k, v in TASKS.items()))
+    s.add_argument('--from', dest='from_', metavar='VIDEO', help="with --task: a video file, or val / train")
+    s.add_argument('--n-given', type=int, default=1, help="latent frames given by --task fp")
+    s.add_argument('--steps', type=int, help="forward passes of masked decoding (default 12)")
     s.add_argument('--n', type=int, default=8)
     s.add_argument('--out', default='samples.gif', help=".gif or .mp4")
     s.add_argument('--temperature', type=float, default=1.0)
@@ -1142,9 +1282,8 @@ def main(argv=None):
     s.add_argument('--actions', help="a .npy of actions (n, T, 4) or (T, 4), for action-conditioned priors")
     s.add_argument('--labels', type=int, nargs='+', help="class labels, cycled over the n videos, for "
                    "class-conditional priors (the demo's: digits 0-9)")
-    s.add_argument('--dataset', default='mnist')
-    s.add_argument('--data-dir', default='')
-    s.add_argument('--mnist-dir', default='')
+    for flag in ('--dataset', '--data-dir', '--mnist-dir'):  # default: the dataset the prior was trained on
+        s.add_argument(flag, default='')
     d = sub.add_parser('demo', help="train both stages on Moving MNIST on a CPU (<10 min), write samples.gif")
     d.add_argument('--out-dir', default='runs/demo')
     d.add_argument('--mnist-dir', default='')
@@ -1166,30 +1305,42 @@ def main(argv=None):
                                           frame_size=vq['resolution'])), args)
             train_gpt(gcfg, tcfg)
     elif args.cmd == 'sample':
-        frames, cond = _sample_conditioning(args)
-        sample_videos(args.gpt, args.n, args.out, frames, cond, args.seed, temperature=args.temperature,
-                      top_k=args.top_k, top_p=args.top_p, guidance=args.guidance)
+        if os.path.splitext(args.out)[1].lower() not in ('.gif', '.mp4', '.png'):  # before the sampling work
+            p.error(f"--out {args.out}: write a .gif, .mp4 or .png")
+        if bool(args.task) != bool(args.from_):
+            p.error("--task and --from go together: --task fp --from clip.mp4 (or --from val)")
+        args.vqvae = find_vqvae(args.gpt, args.vqvae)
+        videos, frames, cond = _sample_inputs(args)
+        sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance=args.guidance)
+        if args.task:
+            _complete_command(args, videos, frames, cond, sampling)
+        else:
+            sample_videos(args.gpt, args.n, args.out, frames, cond, args.seed, vqvae_path=args.vqvae, **sampling)
         print(f"wrote {args.out}")
     elif args.cmd == 'demo':
         demo(args)
 
 
-def _sample_conditioning(args):
-    """(frames, cond) for `sample`: frames from a dataset split or a video file, actions from a .npy file."""
+def _sample_inputs(args):
+    """(videos, frames, cond) for `sample`: videos (n, C, T, H, W) from --from or --frames-from (a video file or a
+    dataset split, by default the prior's training dataset), actions from a .npy file, labels from --labels."""
     ckpt = load_checkpoint(args.gpt)
-    gcfg, vcfg = GPTConfig(**ckpt['config']), VQVAEConfig(**load_checkpoint(ckpt['vqvae'])['config'])
+    gcfg, vcfg = GPTConfig(**ckpt['config']), VQVAEConfig(**load_checkpoint(args.vqvae)['config'])
+    source = args.from_ or args.frames_from
     batch = {}
-    if gcfg.n_cond_frames:
-        if not args.frames_from:
-            sys.exit("this prior is frame-conditioned: pass --frames-from val|train|VIDEO_FILE")
-        if os.path.isfile(args.frames_from):
-            clip = data.to_video(data.decode_video(args.frames_from, vcfg.resolution))  # (3, T, H, W)
-            clip = clip.mean(0, keepdim=True) if vcfg.in_channels == 1 else clip
-            batch['video'] = clip[None].expand(args.n, -1, -1, -1, -1)
-        else:
-            tc = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, mnist_dir=args.mnist_dir)
-            ds = data.make_dataset(tc, vcfg.sequence_length, vcfg.resolution, train=args.frames_from == 'train')
-            batch = torch.utils.data.default_collate([ds[i] for i in range(args.n)])
+    if gcfg.n_cond_frames and not source:
+        sys.exit("this prior is frame-conditioned: pass --frames-from val|train|VIDEO_FILE")
+    if source and os.path.isfile(source):
+        clip = data.to_video(data.decode_video(source, vcfg.resolution))  # (3, T', H, W)
+        clip = clip.mean(0, keepdim=True) if vcfg.in_channels == 1 else clip
+        if args.from_ and clip.shape[1] < vcfg.sequence_length:
+            sys.exit(f"{source} has {clip.shape[1]} frames; the VQ-VAE encodes {vcfg.sequence_length}")
+        batch['video'] = clip[None, :, :vcfg.sequence_length].expand(args.n, -1, -1, -1, -1)
+    elif source:
+        tc = TrainConfig(**dict(ckpt.get('train_config', {}), **{k: getattr(args, k) for k in
+                                                                 ('dataset', 'data_dir', 'mnist_dir') if getattr(args, k)}))
+        ds = data.make_dataset(tc, vcfg.sequence_length, vcfg.resolution, train=source == 'train')
+        batch = torch.utils.data.default_collate([ds[i] for i in range(args.n)])
     if gcfg.cond_dim and args.actions:
         actions = torch.as_tensor(np.load(args.actions), dtype=torch.float32)  # (T, 4) for all, or (n, T, 4)
         batch['actions'] = actions.expand(args.n, *actions.shape) if actions.ndim == 2 else actions
@@ -1197,7 +1348,18 @@ def _sample_conditioning(args):
         batch['label'] = torch.tensor(args.labels).repeat(args.n)[:args.n]
     if gcfg.cond_dim and not {'actions', 'label'} & set(batch):
         sys.exit("this prior is vector-conditioned: pass --actions FILE.npy, or --labels for class labels")
-    return gpt_inputs(gcfg, batch)
+    return (batch.get('video'), *gpt_inputs(gcfg, batch))
+
+
+def _complete_command(args, videos, frames, cond, sampling):
+    """`sample --task`: the real videos on the first row, their completions below, given regions outlined."""
+    device = setup_device()[0]
+    gpt, vqvae = load_model(args.gpt).to(device), load_model(args.vqvae).to(device)
+    to = (lambda x: x if x is None else x.to(device))
+    out, given = complete_video(vqvae, gpt, to(videos), args.task, args.n_given, to(frames), to(cond),
+                                torch.Generator(device).manual_seed(args.seed), steps=args.steps, **sampling)
+    mark = torch.stack([torch.zeros_like(given), given]).repeat_interleave(len(videos), 0)  # real row: no outline
+    data.save_video_grid(torch.cat([videos, out.cpu()]), args.out, nrow=len(videos), mark=mark.cpu())
 
 
 def demo(args):
