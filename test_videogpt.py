@@ -593,6 +593,32 @@ def test_complete_video_keeps_the_given_region_and_maps_it_to_pixels():
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_psnr_and_ssim_per_video():
+    a = torch.rand(3, 2, 4, 16, 20) - 0.5
+    b = a.clone()
+    b[1] += 0.1  # MSE 0.01 -> 20 dB
+    b[2] = (a[2] + 0.2 * torch.randn_like(a[2])).clamp(-0.5, 0.5)
+    p, s = vg.psnr(a, b), vg.ssim(a, b)
+    assert p.shape == s.shape == (3,)
+    assert p[0] >= 99 and abs(p[1] - 20) < 1e-3 and p[2] < 20
+    assert s[0] == pytest.approx(1.0, abs=1e-6) and s[2] < s[1] < 1
+    _raises(ValueError, 'at least 11x11', lambda: vg.ssim(a[..., :10, :], a[..., :10, :]))
+
+
+def test_ssim_agrees_with_scikit_image():
+    skimage_metrics = pytest.importorskip('skimage.metrics')
+    a = torch.rand(2, 3, 2, 24, 30) - 0.5
+    b = (a + 0.15 * torch.randn_like(a)).clamp(-0.5, 0.5)
+    ref = [np.mean([skimage_metrics.structural_similarity(
+        a[i, c, t].double().numpy() + 0.5, b[i, c, t].double().numpy() + 0.5, gaussian_weights=True, sigma=1.5,
+        use_sample_covariance=False, data_range=1) for c in range(3) for t in range(2)]) for i in range(2)]
+    torch.testing.assert_close(vg.ssim(a, b).double(), torch.tensor(ref, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # Overfitting one batch
 
 

@@ -916,6 +916,33 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=Non
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# Metrics: videos (B, C, T, H, W) in [-0.5, 0.5], one value per video
+
+
+def psnr(a, b):
+    """(B,) peak signal-to-noise ratio in dB; the peak-to-peak range is 1."""
+    return 10 * torch.log10(1 / (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp(min=1e-10))
+
+
+def ssim(a, b):
+    """(B,) SSIM (Wang et al. 2004) of each frame and channel, averaged: an 11x11 Gaussian window with sigma 1.5,
+    C1 = 0.01^2 and C2 = 0.03^2 for the range 1, averaged over the window positions inside the frame. This equals
+    scikit-image's structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+    data_range=1), which filters the whole frame and then drops a 5-pixel border."""
+    if min(a.shape[-2:]) < 11:
+        raise ValueError(f"SSIM's 11x11 window needs frames of at least 11x11 pixels, got {tuple(a.shape[-2:])}")
+    g = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5 ** 2))
+    g = (g / g.sum()).to(a.device)
+    blur = lambda z: F.conv2d(F.conv2d(z, g.view(1, 1, 11, 1)), g.view(1, 1, 1, 11))  # separable, 'valid'
+    x, y = (rearrange(v, 'B C T H W -> (B C T) 1 H W').double() + 0.5 for v in (a, b))  # to [0, 1], float64
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2  # keep the ratios stable where the means or contrasts are near zero
+    s = (2 * mx * my + c1) * (2 * cov + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.mean((1, 2, 3)).view(a.shape[0], -1).mean(1).float()
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # Presets: the paper's settings (appendix tables; the authors' VideoGPT-Paper configs where the tables are silent)
 
 PRESETS = {
