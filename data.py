@@ -92,6 +92,20 @@ MNIST_MD5 = {'train-images-idx3-ubyte.gz': 'f68b3c2dcbeaaa9fbdd348bbdeb94873',
 FALLBACK_SOURCE = 'rendered font digits, NOT MNIST'
 
 
+def atomic_write(path, write):
+    """write(tmp) into a temporary file beside path, then rename it to path: a crash leaves the old file or the new
+    one, never half of one. On an error (a full disk) the temporary file is removed and the error names the path."""
+    tmp = f'{path}.{os.getpid()}.tmp'  # per process: several ranks may fill one cache at once
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OSError(f'could not write {path} ({e}); free some disk space or write elsewhere') from e
+        raise
+
+
 def read_idx(path, magic):
     """uint8 array shaped by an IDX file's header (.gz or raw); magic 2051 = images (N, H, W), 2049 = labels (N,)."""
     path = Path(path)
@@ -427,8 +441,7 @@ def convert_bair(tar_path, out_dir, n_val_files=1):
     marker = {'source': str(tar_path), 'n_val_files': n_val_files,
               'val_rule': f'last {n_val_files} train file(s) in sorted name order',
               'splits': {s: {'n': sum(counts[s]), 'files': [m.name for m in ms]} for s, ms in splits.items()}}
-    (out_dir / (BAIR_MARKER + '.partial')).write_text(json.dumps(marker, indent=1))
-    os.replace(out_dir / (BAIR_MARKER + '.partial'), out_dir / BAIR_MARKER)
+    atomic_write(out_dir / BAIR_MARKER, lambda tmp: Path(tmp).write_text(json.dumps(marker, indent=1)))
     return marker
 
 
@@ -585,11 +598,12 @@ class VideoFolder(Dataset):
             cached.append(cache_dir / f'{path.stem[:40]}-{key[:16]}.npy')
         todo = [(p, c) for p, c in zip(files, cached) if not c.exists()]
         for path, c in tqdm(todo, desc='decode videos into the cache', disable=not todo):
-            # Written under a per-process name, then renamed: atomic, so a cache entry is never half written, even
-            # when several processes (one per GPU) fill the same cache at once.
-            partial = c.with_suffix(f'.{os.getpid()}.npy')
-            np.save(partial, decode_video(path, resolution))
-            os.replace(partial, c)
+            frames = decode_video(path, resolution)
+
+            def write(tmp):  # a file object: np.save would add '.npy' to the temporary file's name
+                with open(tmp, 'wb') as f:
+                    np.save(f, frames)
+            atomic_write(c, write)  # a cache entry is never half written
         self.videos, self.labels, self.clips, short = [], [], [], []
         for path, c, q in zip(files, cached, parts):
             n = np.load(c, mmap_mode='r').shape[0]  # reads only the .npy header
@@ -631,6 +645,9 @@ def make_dataset(tcfg, n_frames, resolution, train=True):
         # one digit per video: its class is a 'label', for class-conditional priors (GPTConfig.cond_dim=10)
         return MovingMNIST(digits, n_frames=n_frames, n_digits=tcfg.n_digits, seed=tcfg.seed + (not train),
                            labels=labels if tcfg.n_digits == 1 else None)
+    if tcfg.dataset in ('bair', 'folder') and not tcfg.data_dir:  # never scan the current folder by accident
+        raise ValueError(f"--dataset {tcfg.dataset} needs --data-dir DIR: "
+                         f"{'the folder data.py bair wrote' if tcfg.dataset == 'bair' else 'a folder of videos'}")
     if tcfg.dataset == 'bair':
         return BAIR(tcfg.data_dir, 'train' if train else 'val', n_frames=n_frames, train=train)
     if tcfg.dataset == 'folder':
@@ -672,9 +689,12 @@ def batches(dataset, tcfg, start_step, rank=0):
             idx = torch.randint(len(dataset), (tcfg.batch_size,), generator=g).tolist()
             seeds = torch.randint(1 << 62, (tcfg.batch_size,), generator=g).tolist()
             yield list(zip(idx, seeds))
+    # The loader's own generator: making its iterator draws a seed, which from the global RNG would shift every
+    # later dropout and code-restart draw by one after a resume.
     return iter(torch.utils.data.DataLoader(SeededItems(dataset), batch_sampler=keys(), num_workers=tcfg.num_workers,
                                             pin_memory=torch.cuda.is_available(),
-                                            persistent_workers=tcfg.num_workers > 0))
+                                            persistent_workers=tcfg.num_workers > 0,
+                                            generator=torch.Generator().manual_seed(tcfg.seed + rank)))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -716,9 +736,8 @@ def encode_dataset(vqvae, dataset, path, batch_size=32):
         for k, v in b.items():
             out.setdefault(k, []).append(v)
     out = {k: torch.cat(v) for k, v in out.items()}
-    tmp = f'{path}.tmp'  # atomically, as checkpoints are: temp file, then rename
-    torch.save(dict(fingerprint=torch.tensor(fingerprint, dtype=torch.float64), **out), tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(dict(fingerprint=torch.tensor(fingerprint, dtype=torch.float64), **out),
+                                              tmp))
     return out
 
 

@@ -4,6 +4,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import json
 import math
 import os
 import pickle
@@ -686,6 +687,62 @@ def test_clear_errors_prior():
     _raises(ValueError, r'sample_masked needs.*causal=False', lambda: tiny_gpt().sample_masked(1))
 
 
+def test_values_that_would_give_garbage_are_refused():
+    m = tiny_vqvae().eval()
+    x = video()
+    for bad, pattern in ((torch.full_like(x, float('nan')), 'NaN or inf'), (x + 0.5 * 255, r'\[-0.5, 0.5\]'),
+                         (x[:0], 'empty')):
+        _raises(ValueError, pattern, lambda: m.encode(bad))
+    assert torch.equal(m.encode(x.double()), m.encode(x)) and torch.equal(m.encode(x.half()), m.encode(x.half().float()))
+    g = tiny_gpt(**COND_SCHEMES['both']).eval()
+    frames, cond = cond_inputs(g.config)
+    codes = torch.randint(0, 16, (2, 2, 3, 3))
+    _raises(ValueError, r'frames values must lie in \[-0.5, 0.5\]', lambda: g(codes, (frames + 0.5) * 255, cond))
+    _raises(ValueError, 'cond holds NaN', lambda: g(codes, frames, cond * float('nan')))
+    _raises(ValueError, r'with B >= 1', lambda: g(codes[:0], frames[:0], cond[:0]))
+    cast, _ = g(codes.int(), frames.double(), cond.double())  # int32 codes and float64 conditioning are cast
+    torch.testing.assert_close(cast, g(codes, frames, cond)[0])
+    for kw in (dict(temperature=-1.0), dict(temperature=float('nan')), dict(top_k=0), dict(top_p=0.0),
+               dict(top_p=1.5)):
+        _raises(ValueError, r'temperature >= 0.*top_k >= 1.*top_p in \(0, 1\]',
+                lambda: vg.sample_logits(torch.zeros(1, 4), **kw))
+    for kw in (dict(steps=0), dict(log_every=0), dict(batch_size=0), dict(ckpt_every=0)):
+        _raises(ValueError, 'must be at least 1', lambda: vg.TrainConfig(**kw))
+    _raises(ValueError, 'lr and grad_clip must be > 0', lambda: vg.TrainConfig(lr=0.0))
+
+
+def test_wrong_files_disks_and_folders_get_errors_that_name_the_fix(tmp_path, monkeypatch):
+    (tmp_path / 'notes.txt').write_text('not a checkpoint')
+    _raises(ValueError, 'not a readable checkpoint', lambda: vg.load_model(tmp_path / 'notes.txt'))
+    torch.save({'weights': torch.zeros(1)}, tmp_path / 'other.pt')
+    _raises(ValueError, 'not a VideoGPT checkpoint', lambda: vg.load_model(tmp_path / 'other.pt'))
+    vg.train(tiny_vqvae(), 'vqvae', vg.vqvae_step, _Clips(), _tcfg(tmp_path / 'vq', steps=2), _tiny_vcfg())
+    vq_path = tmp_path / 'vq' / 'ckpt.pt'
+    _raises(ValueError, "holds a 'vqvae' model where a 'gpt' one", lambda: vg.load_model(vq_path, 'gpt'))
+    wide = tiny_vqvae(n_hiddens=32)
+    _raises(ValueError, r'trained with n_hiddens=16: resume with those settings', lambda: vg.train(
+        wide, 'vqvae', vg.vqvae_step, _Clips(), _tcfg(tmp_path / 'vq', steps=4, resume=True), wide.config))
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'videogpt.py'), 'train-gpt', '--vqvae',
+                        str(tmp_path / 'notes.txt'), '--out-dir', str(tmp_path / 'g')], capture_output=True, text=True)
+    assert r.returncode != 0 and 'not a readable checkpoint' in r.stderr
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'videogpt.py'), 'train-vqvae', '--steps', '0'],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and 'steps=0: it must be at least 1 (--steps)' in r.stderr  # a usage error
+    before = (tmp_path / 'vq' / 'ckpt.pt').read_bytes()
+
+    def full_disk(obj, path):
+        open(path, 'wb').write(b'half a checkpoint')
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(torch, 'save', full_disk)
+    _raises(OSError, r'could not write .*ckpt.pt.*No space left.*free some disk space',
+            lambda: vg.save_checkpoint(str(vq_path), step=1))
+    assert not [f for f in os.listdir(tmp_path / 'vq') if 'tmp' in f]  # the half-written temporary file is gone
+    assert (tmp_path / 'vq' / 'ckpt.pt').read_bytes() == before
+    for name in ('folder', 'bair'):
+        _raises(ValueError, f'--dataset {name} needs --data-dir', lambda: data.make_dataset(
+            vg.TrainConfig(dataset=name), 4, 8))
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Training loop: resume, NaN guard, distributed, command line
 
@@ -738,13 +795,16 @@ def _interrupt_after(step_fn, n):
 
 def _run_interrupted(kind, tmp_path, make, step_fn):
     """(weights of an uninterrupted run, weights of a run interrupted after step 4 then resumed)."""
+    w = dict(num_workers=2)  # worker processes, as users run it
     torch.manual_seed(0)
-    full = vg.train(make(), kind, step_fn, _Clips(), _tcfg(tmp_path / 'full'), cfg_of(make))
+    full = vg.train(make(), kind, step_fn, _Clips(), _tcfg(tmp_path / 'full', **w), cfg_of(make))
     torch.manual_seed(0)
     with pytest.raises(_Interrupt):  # killed during step 5; the last checkpoint is from step 3
-        vg.train(make(), kind, _interrupt_after(step_fn, 4), _Clips(), _tcfg(tmp_path / 'cut'), cfg_of(make))
+        vg.train(make(), kind, _interrupt_after(step_fn, 4), _Clips(), _tcfg(tmp_path / 'cut', **w), cfg_of(make))
     assert vg.load_checkpoint(tmp_path / 'cut' / 'ckpt.pt')['step'] == 3
-    resumed = vg.train(make(), kind, step_fn, _Clips(), _tcfg(tmp_path / 'cut', resume=True), cfg_of(make))
+    resumed = vg.train(make(), kind, step_fn, _Clips(), _tcfg(tmp_path / 'cut', resume=True, **w), cfg_of(make))
+    steps = [json.loads(line)['step'] for line in open(tmp_path / 'cut' / 'metrics.jsonl')]
+    assert steps == list(range(1, 7))  # step 4, logged before the interruption, is logged once
     return full.state_dict(), resumed.state_dict()
 
 
@@ -767,6 +827,19 @@ def test_resume_continues_exactly(tmp_path, kind):
     assert full.keys() == resumed.keys()
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
+
+
+def test_a_run_folder_is_never_replaced_without_being_asked(tmp_path):
+    vg.train(tiny_vqvae(), 'vqvae', vg.vqvae_step, _Clips(), _tcfg(tmp_path, steps=2), _tiny_vcfg())
+    before = (tmp_path / 'ckpt.pt').read_bytes()
+    _raises(FileExistsError, r'--resume true.*--overwrite true', lambda: vg.train(
+        tiny_vqvae(), 'vqvae', vg.vqvae_step, _Clips(), _tcfg(tmp_path, steps=2), _tiny_vcfg()))
+    assert (tmp_path / 'ckpt.pt').read_bytes() == before
+    vg.train(tiny_vqvae(), 'vqvae', vg.vqvae_step, _Clips(), _tcfg(tmp_path, steps=2, overwrite=True), _tiny_vcfg())
+    assert [json.loads(line)['step'] for line in open(tmp_path / 'metrics.jsonl')] == [1, 2]  # a fresh log
+    for typo in ('ture', 'flase', ''):  # booleans are parsed strictly: a typo is an error, not False
+        with pytest.raises(SystemExit):
+            vg.main(['train-vqvae', '--out-dir', str(tmp_path), '--resume', typo])
 
 
 def test_checkpoint_contents_and_reload(tmp_path):

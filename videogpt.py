@@ -68,10 +68,26 @@ def check_codes(codes, latent_shape, n_codes, hint=""):
     """Raise a clear error unless codes is an integer tensor (B, *latent_shape) with values in [0, n_codes)."""
     if not torch.is_tensor(codes) or codes.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"codes must be an int64 tensor from VQVAE.encode, got {getattr(codes, 'dtype', type(codes))}")
-    if codes.ndim != 4 or tuple(codes.shape[1:]) != tuple(latent_shape):
-        raise ValueError(f"codes must be (B, {', '.join(map(str, latent_shape))}), got {tuple(codes.shape)}{hint}")
+    if codes.ndim != 4 or tuple(codes.shape[1:]) != tuple(latent_shape) or not len(codes):
+        raise ValueError(f"codes must be (B, {', '.join(map(str, latent_shape))}) with B >= 1, got "
+                         f"{tuple(codes.shape)}{hint}")
     if codes.numel() and (codes.min() < 0 or codes.max() >= n_codes):
         raise ValueError(f"codes must lie in [0, {n_codes}), got [{codes.min()}, {codes.max()}]{hint}")
+
+
+def check_pixels(x, what='video'):
+    """Raise a clear error unless x is a non-empty float tensor of finite values in [-0.5, 0.5]."""
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise TypeError(f"{what} must be a float tensor in [-0.5, 0.5], got {getattr(x, 'dtype', type(x))}: "
+                        "convert uint8 frames with x.float() / 255 - 0.5")
+    if not x.numel():
+        raise ValueError(f"{what} is empty (shape {tuple(x.shape)}): pass at least one video")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} holds NaN or inf values: check the data pipeline that made it")
+    lo, hi = torch.aminmax(x.detach())
+    if lo < -0.501 or hi > 0.501:  # a little slack for resampling overshoot
+        raise ValueError(f"{what} values must lie in [-0.5, 0.5], got [{lo:.3f}, {hi:.3f}]: "
+                         "for uint8 frames use x / 255 - 0.5, for [-1, 1] data use x / 2")
 
 
 def Norm(channels):
@@ -129,8 +145,8 @@ class AxialAttention(nn.Module):
         qkv = self.qkv(rearrange(x, 'B D t h w -> B t h w D')).chunk(3, dim=-1)  # 3 x (B, t, h, w, 3D)
         outs = []
         # Attention along one axis is attention over a batch of 1-D sequences: move the axis next to the channels
-        # and fold the other two into the batch. Sequences are short (8-32), so the explicit softmax beats the fused
-        # kernel here on CPU (measured: 29 vs 43 ms per layer at the benchmark size).
+        # and fold the other two into the batch. Sequences are short (8-32), so on CPU the explicit softmax beats
+        # the fused kernel (benchmarks/RESULTS.md).
         for axis, qkv_axis in zip('thw', qkv):
             rest = ' '.join(a for a in 'thw' if a != axis)
             q, k, v = rearrange(qkv_axis, f'B t h w (three nh hd) -> three (B {rest}) nh {axis} hd',
@@ -155,8 +171,7 @@ class AttentionResidualBlock(nn.Module):
     def forward(self, x, pos):
         if torch.is_grad_enabled():
             # Activation checkpointing: keep only x for the backward pass and recompute the branch there. The
-            # axial attention's per-axis copies would otherwise hold ~35x the input's memory per block. Measured on
-            # the VQ-VAE benchmark (2 CPU threads): peak RSS 0.80 -> 0.67 GB for a step 0.355 -> 0.368 s.
+            # axial attention's per-axis copies would otherwise hold ~35x the input's memory (benchmarks/RESULTS.md).
             return x + torch.utils.checkpoint.checkpoint(self.branch, x, pos, use_reentrant=False)
         return x + self.branch(x, pos)
 
@@ -368,10 +383,9 @@ class VQVAE(nn.Module):
         self.register_buffer('variance_set', torch.tensor(False))
 
     def check_video(self, x):
+        """The video, checked (shape, channels, sizes, finite values in [-0.5, 0.5]) and cast to the weights' dtype."""
         cfg = self.config
-        if not torch.is_tensor(x) or not x.is_floating_point():
-            raise TypeError(f"video must be a float tensor in [-0.5, 0.5], got {getattr(x, 'dtype', type(x))}: "
-                            "convert uint8 frames with x.float() / 255 - 0.5")
+        check_pixels(x)
         if x.ndim != 5:
             raise ValueError(f"video must be (B, C, T, H, W), got shape {tuple(x.shape)}: add the missing axes, "
                              "e.g. x[None] for one video or x[:, None] for grayscale (B, T, H, W)")
@@ -387,14 +401,11 @@ class VQVAE(nn.Module):
             raise ValueError(f"video is {T}x{H}x{W} but the model was built for {cfg.sequence_length}x"
                              f"{cfg.resolution}x{cfg.resolution} (its position embeddings have that size): "
                              "crop or resize the video, or build a VQVAEConfig for this size")
-        lo, hi = torch.aminmax(x.detach())
-        if lo < -0.501 or hi > 0.501:  # a little slack for resampling overshoot
-            raise ValueError(f"video values must lie in [-0.5, 0.5], got [{lo:.3f}, {hi:.3f}]: "
-                             "for uint8 frames use x / 255 - 0.5, for [-1, 1] data use x / 2")
+        return x.to(self.pre_vq.weight.dtype)  # float64 or fp16 input: cast, so the convolutions accept it
 
     def forward(self, x):
         """(B, C, T, H, W) in [-0.5, 0.5] -> dict of losses, perplexity, usage, x_hat (B, C, T, H, W), codes."""
-        self.check_video(x)
+        x = self.check_video(x)
         if self.training and not self.variance_set:
             var = x.detach().float().var()
             if _is_dist():  # every rank must normalise by the same number
@@ -414,7 +425,7 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def encode(self, x):
         """(B, C, T, H, W) in [-0.5, 0.5] -> codes (B, t, h, w) int64. Never changes the codebook."""
-        self.check_video(x)
+        x = self.check_video(x)
         z = self.pre_vq(self.encoder(x, self.pos()))                         # (B, E, t, h, w)
         with torch.autocast(z.device.type, enabled=False):
             codes = self.codebook.nearest(rearrange(z.float(), 'B E t h w -> (B t h w) E'))
@@ -690,7 +701,7 @@ class VideoGPT(nn.Module):
     # -- inputs ---------------------------------------------------------------------------------------------------
 
     def _check(self, codes=None, frames=None, cond=None, batch=None):
-        """Validate the inputs; returns cond as a float (B, cond_dim) tensor or None."""
+        """Validate the inputs; returns frames and cond (a float (B, cond_dim) vector) in the weights' dtype."""
         cfg = self.config
         if codes is not None:
             # masked decoding may pass the [MASK] id K among the codes
@@ -699,9 +710,11 @@ class VideoGPT(nn.Module):
             batch = codes.shape[0]
         if cfg.n_cond_frames:
             want = (batch, cfg.frame_channels, cfg.n_cond_frames, cfg.frame_size, cfg.frame_size)
-            if frames is None or tuple(frames.shape) != want or not frames.is_floating_point():
+            if frames is None or tuple(frames.shape) != want:
                 raise ValueError(f"this prior is frame-conditioned: pass frames as a float tensor of shape {want} "
                                  f"in [-0.5, 0.5], got {None if frames is None else tuple(frames.shape)}")
+            check_pixels(frames, 'frames')
+            frames = frames.to(self.sos.dtype)
         elif frames is not None:
             raise ValueError("frames were given but GPTConfig.n_cond_frames is 0: build the prior with "
                              "n_cond_frames > 0 to condition on frames")
@@ -718,9 +731,12 @@ class VideoGPT(nn.Module):
             if cond.shape != (batch, cfg.cond_dim):
                 raise ValueError(f"cond must be ({batch}, {cfg.cond_dim}) after flattening, got "
                                  f"{tuple(cond.shape)}: set GPTConfig(cond_dim=...) to the vector's size")
+            if not torch.isfinite(cond).all():
+                raise ValueError("cond holds NaN or inf values: check the actions or labels it came from")
+            cond = cond.to(self.sos.dtype)
         elif cond is not None:
             raise ValueError("cond was given but GPTConfig.cond_dim is 0: build the prior with cond_dim > 0")
-        return cond
+        return frames, cond
 
     def _frame_kv(self, frames):
         """Cross-attention keys and values of each block for the conditioning frames, or Nones."""
@@ -738,7 +754,8 @@ class VideoGPT(nn.Module):
         the codes at `mask` (B, t, h, w) bool are replaced by [MASK] and the loss covers only them; without a mask,
         each video draws a task from cfg.tasks and schedule_mask hides some of the tokens that task does not give.
         """
-        cond = self._check(codes, frames, cond)
+        frames, cond = self._check(codes, frames, cond)
+        codes = codes.long()  # int32 codes are accepted; embeddings and the loss take int64
         cfg, B = self.config, codes.shape[0]
         if self.training and cfg.cond_dropout and cond is not None:
             # Classifier-free guidance (Ho & Salimans 2022) needs one model for p(x | c) and p(x): some videos are
@@ -773,7 +790,8 @@ class VideoGPT(nn.Module):
     # -- sampling -------------------------------------------------------------------------------------------------
 
     def _check_given(self, n, given, given_mask):
-        """(n, L) int64 codes and (n, L) bool of the given tokens, or (None, None); checks shapes, dtype and range."""
+        """(n, L) int64 codes and (n, L) bool of the given tokens, or (None, None). Checks shapes, dtype and range,
+        and that a causal prior is given a raster-order prefix."""
         if given is None and given_mask is None:
             return None, None
         cfg, shape = self.config, self.config.latent_shape
@@ -786,7 +804,13 @@ class VideoGPT(nn.Module):
         if given_mask.dtype != torch.bool or given_mask.shape not in ((*shape,), (n, *shape)):
             raise ValueError(f"given_mask must be a bool tensor {shape} or {(n, *shape)}, got {given_mask.dtype} "
                              f"{tuple(given_mask.shape)}: build one with task_mask(task, latent_shape)")
-        return given.long().reshape(n, -1), given_mask.to(given.device).expand(n, *shape).reshape(n, -1)
+        given, given_mask = given.long().reshape(n, -1), given_mask.to(given.device).expand(n, *shape).reshape(n, -1)
+        p = int(given_mask[0].sum())
+        if cfg.causal and not (given_mask[:, :p].all() and not given_mask[:, p:].any()):
+            raise ValueError("a causal prior continues a raster-order prefix only (the same first tokens in t, h, w "
+                             "order for every video, e.g. task_mask('fp', ...)); for other tasks train a masked "
+                             "prior: GPTConfig(causal=False, tasks=(...))")
+        return given, given_mask
 
     @torch.no_grad()
     def sample(self, n, frames=None, cond=None, temperature=1.0, top_k=None, top_p=None, generator=None,
@@ -809,14 +833,10 @@ class VideoGPT(nn.Module):
                                       generator=generator, given=given, given_mask=given_mask)
         if steps is not None:
             raise ValueError("steps counts the passes of masked decoding; a causal prior takes one step per token")
-        cond = self._check(None, frames, cond, batch=n)
+        frames, cond = self._check(None, frames, cond, batch=n)
         cfg, L = self.config, self.config.block_size
         given, given_mask = self._check_given(n, given, given_mask)
         p = 0 if given is None else int(given_mask[0].sum())  # the given prefix's length
-        if given is not None and not (given_mask[:, :p].all() and not given_mask[:, p:].any()):
-            raise ValueError("a causal prior continues a raster-order prefix only (the same first tokens in t, h, w "
-                             "order for every video, e.g. task_mask('fp', ...)); for other tasks train a masked "
-                             "prior: GPTConfig(causal=False, tasks=(...))")
         guided = guidance != 1.0
         if guided:  # one batch of 2n: the n videos under their condition, then under the null condition
             if not cfg.cond_dropout:
@@ -866,7 +886,7 @@ class VideoGPT(nn.Module):
             raise ValueError("sample_masked needs a bidirectional prior: build it with GPTConfig(causal=False)")
         if not (isinstance(steps, int) and steps >= 1):
             raise ValueError(f"steps must be a positive integer (12 is MaskGIT's choice), got {steps!r}")
-        cond = self._check(None, frames, cond, batch=n)
+        frames, cond = self._check(None, frames, cond, batch=n)
         cfg, L = self.config, self.config.block_size
         given, given_mask = self._check_given(n, given, given_mask)
         was_training = self.training
@@ -898,6 +918,10 @@ class VideoGPT(nn.Module):
 
 def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """(B, K) logits -> (B,) token ids, drawn after temperature, top-k and nucleus (top-p) filtering."""
+    if not (temperature >= 0 and math.isfinite(temperature)) or (top_k is not None and top_k < 1) or \
+            (top_p is not None and not 0 < top_p <= 1):
+        raise ValueError(f"temperature={temperature}, top_k={top_k}, top_p={top_p}: use temperature >= 0 (0: "
+                         "greedy), top_k >= 1 and top_p in (0, 1], or None to switch a filter off")
     logits = logits / max(temperature, 1e-6)  # temperature 0 would divide by zero; this is greedy in effect
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
@@ -958,11 +982,9 @@ PRESETS = {
         dict(in_channels=3, resolution=128, downsample=(4, 4, 4), n_res_layers=4, embedding_dim=256,
              n_codes=1024),
         dict(n_embd=1024, n_head=8, n_layer=20, dropout=0.2, cond_dim=101)),
-    # Small enough to train both stages on a 2-core CPU in under 10 minutes: 8 frames of one-digit Moving MNIST ->
-    # 8x8x8 codes, and a prior conditioned on the digit's class. Time downsampling ((4, 4, 4), (2, 8, 8)) mixes
-    # 3.6 px/frame of motion into each code and the prior drew scribbles; (1, 8, 8) codes are still patches. 64 codes,
-    # not 256: the black background, 88% of the tokens, spread over most of a larger book, and the prior pays for
-    # every code it must tell apart. The settings tried are in benchmarks/RESULTS.md.
+    # Both stages on a 2-core CPU in minutes: 8 frames of one-digit Moving MNIST -> 8x8x8 codes, a class-conditional
+    # prior. No time downsampling (codes that mix motion drew scribbles), 64 codes (a larger book spread the black
+    # background over many codes). The settings tried are in benchmarks/RESULTS.md.
     'demo': (dict(sequence_length=8, downsample=(1, 8, 8), n_hiddens=64, n_res_layers=1, n_codes=64),
              dict(n_embd=128, n_head=4, n_layer=4, dropout=0.0, cond_dim=10, cond_dropout=0.1)),
 }
@@ -999,12 +1021,21 @@ class TrainConfig:
     num_workers: int = 2
     compile: bool = False            # torch.compile the model (the checkpoint always holds the plain module)
     resume: bool = False             # continue from out_dir/ckpt.pt
+    overwrite: bool = False          # start over in an out_dir that holds a checkpoint (else: refused)
     dataset: str = 'mnist'           # mnist | bair | folder
     data_dir: str = ''               # converted BAIR folder, or a folder of videos
     mnist_dir: str = ''              # folder with the MNIST .gz files (default: cache, download, font fallback)
     n_digits: int = 2                # digits per Moving MNIST video
     vqvae: str = ''                  # train-gpt: the VQ-VAE checkpoint whose codes the prior models
     codes_file: str = ''             # train-gpt: encode a fixed-size dataset once into this file and train on it
+
+    def __post_init__(self):
+        for name in ('steps', 'batch_size', 'log_every', 'sample_every', 'ckpt_every'):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: it must be at least 1 (--{name.replace('_', '-')})")
+        if not (self.lr > 0 and self.warmup >= 0 and self.num_workers >= 0 and self.grad_clip > 0):
+            raise ValueError(f"lr={self.lr}, warmup={self.warmup}, num_workers={self.num_workers} and grad_clip="
+                             f"{self.grad_clip}: lr and grad_clip must be > 0, warmup and num_workers >= 0")
 
 
 def setup_device():
@@ -1032,21 +1063,29 @@ def lr_at(step, tcfg):
 
 def save_checkpoint(path, **state):
     """Write atomically: a crash mid-write leaves the previous checkpoint whole (temp file, then rename)."""
-    tmp = f'{path}.tmp'
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    data.atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, kind=None):
+    """A checkpoint dict of this project's, of `kind` ('vqvae' or 'gpt') if given; anything else is a clear error."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train one first, or check --out-dir / --vqvae")
-    # weights_only: a checkpoint holds tensors, numbers, strings and dicts; loading it never runs arbitrary code.
-    return torch.load(path, map_location='cpu', weights_only=True)
+    try:  # weights_only: a checkpoint holds tensors, numbers, strings and dicts; loading never runs arbitrary code
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # a text file, a truncated file, a pickle with code in it: torch raises many types
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}): pass a ckpt.pt written by "
+                         "train-vqvae or train-gpt") from e
+    if not isinstance(ckpt, dict) or ckpt.get('kind') not in ('vqvae', 'gpt') or 'config' not in ckpt:
+        raise ValueError(f"{path} is not a VideoGPT checkpoint: pass a ckpt.pt written by train-vqvae or train-gpt")
+    if kind and ckpt['kind'] != kind:
+        raise ValueError(f"{path} holds a {ckpt['kind']!r} model where a {kind!r} one is needed: pass "
+                         f"{'train-vqvae' if kind == 'vqvae' else 'train-gpt'}'s ckpt.pt")
+    return ckpt
 
 
-def load_model(path):
-    """A VQVAE or VideoGPT from its checkpoint, in eval mode."""
-    ckpt = load_checkpoint(path)
+def load_model(path, kind=None):
+    """A VQVAE or VideoGPT from its checkpoint (of `kind`, if given), in eval mode."""
+    ckpt = load_checkpoint(path, kind)
     cls, cfg_cls = (VQVAE, VQVAEConfig) if ckpt['kind'] == 'vqvae' else (VideoGPT, GPTConfig)
     model = cls(cfg_cls(**ckpt['config']))
     model.load_state_dict(ckpt['model'])
@@ -1070,8 +1109,16 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
                             lr=tcfg.lr, betas=(0.9, 0.95), fused=device.type == 'cuda')
     scaler = torch.amp.GradScaler(enabled=use_scaler)
     step, log = 0, []
+    if os.path.exists(ckpt_path) and not (tcfg.resume or tcfg.overwrite):  # never replace a run without being asked
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume true to continue that run, --overwrite true to "
+                              "start over, or another --out-dir")
     if tcfg.resume and os.path.exists(ckpt_path):
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = load_checkpoint(ckpt_path, kind)
+        saved = asdict(type(model_cfg)(**ckpt['config']))  # through the dataclass: lists become tuples again
+        changed = ', '.join(f"{k}={saved[k]}" for k, v in asdict(model_cfg).items() if saved.get(k, v) != v)
+        if changed:  # a size mismatch deep in load_state_dict would not say which setting differs
+            raise ValueError(f"--resume: {ckpt_path} was trained with {changed}: resume with those settings, or "
+                             "pass --overwrite true to start over")
         model.load_state_dict(ckpt['model'])
         opt.load_state_dict(ckpt['optimizer'])
         scaler.load_state_dict(ckpt['scaler'])
@@ -1082,6 +1129,9 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
         if device.type == 'cuda' and len(state) > n_cpu:
             torch.cuda.set_rng_state(state[n_cpu:], device)
         print(f"resumed {ckpt_path} at step {step}")
+    if rank == 0:  # the log as of the checkpoint: rows written after it, before an interruption, are replayed
+        with open(os.path.join(tcfg.out_dir, 'metrics.jsonl'), 'w') as f:
+            f.writelines(json.dumps(row) + '\n' for row in log)
     # DDP averages gradients; the codebook's buffers are kept identical by its own all-reduce, so DDP must not
     # overwrite them with rank 0's copy (broadcast_buffers=False).
     fwd = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
@@ -1175,7 +1225,7 @@ def gpt_inputs(gcfg, batch):
 
 def train_gpt(gcfg, tcfg, dataset=None):
     """Stage 2: train the prior on the codes of a frozen VQ-VAE (tcfg.vqvae); writes ckpt.pt and samples.gif."""
-    vqvae = load_model(tcfg.vqvae)
+    vqvae = load_model(tcfg.vqvae, 'vqvae')
     # Frozen explicitly: eval mode (the codebook's EMA never moves), no gradients, encoding under no_grad.
     vqvae.requires_grad_(False)
     device = setup_device()[0]
@@ -1219,9 +1269,7 @@ def find_vqvae(gpt_path, vqvae_path=''):
     the prior's folder first (so that a moved run folder still works), then at its absolute path."""
     if vqvae_path:
         return vqvae_path
-    ckpt = load_checkpoint(gpt_path)
-    if ckpt.get('kind') != 'gpt':
-        raise ValueError(f"{gpt_path} is a {ckpt.get('kind')!r} checkpoint, not a prior: pass train-gpt's ckpt.pt")
+    ckpt = load_checkpoint(gpt_path, 'gpt')
     rel = os.path.join(os.path.dirname(gpt_path), ckpt.get('vqvae_rel', ''))
     for path in (rel, ckpt['vqvae']):
         if os.path.isfile(path):
@@ -1234,8 +1282,8 @@ def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed
                   **sampling):
     """Sample n videos from a prior checkpoint and its VQ-VAE (find_vqvae) and write a GIF/MP4."""
     device = setup_device()[0]
-    gpt = load_model(gpt_path).to(device)
-    vqvae = load_model(find_vqvae(gpt_path, vqvae_path)).to(device)
+    gpt = load_model(gpt_path, 'gpt').to(device)
+    vqvae = load_model(find_vqvae(gpt_path, vqvae_path), 'vqvae').to(device)
     to = (lambda x: x if x is None else x.to(device))
     codes = gpt.sample(n, to(frames), to(cond), generator=torch.Generator(device).manual_seed(seed), **sampling)
     video = vqvae.decode(codes).clamp(-0.5, 0.5).cpu()
@@ -1259,6 +1307,13 @@ def complete_video(vqvae, gpt, video, task, n_given=1, frames=None, cond=None, g
     return vqvae.decode(codes).clamp(-0.5, 0.5), pixels
 
 
+def _strict_bool(text):
+    """true/false, yes/no or 1/0; anything else is an error, so that a typo never reads as false."""
+    if text.lower() not in ('true', 'false', 'yes', 'no', '1', '0'):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use true or false")
+    return text.lower() in ('true', 'yes', '1')
+
+
 def _add_dataclass_args(parser, cls, skip=()):
     """One --flag per dataclass field, so the command line can override every hyper-parameter."""
     for f in fields(cls):
@@ -1266,8 +1321,7 @@ def _add_dataclass_args(parser, cls, skip=()):
             continue
         flag, kind = '--' + f.name.replace('_', '-'), type(f.default)
         if kind is bool:
-            parser.add_argument(flag, type=lambda s: s.lower() in ('1', 'true', 'yes'), default=None,
-                                metavar='BOOL')
+            parser.add_argument(flag, type=_strict_bool, default=None, metavar='BOOL')
         elif kind is tuple:  # downsample: exactly 3 ints; tasks: any number of names
             named = isinstance(f.default[0], str)
             parser.add_argument(flag, type=str if named else int, nargs='+' if named else len(f.default), default=None)
@@ -1320,13 +1374,16 @@ def main(argv=None):
 
     if args.cmd in ('train-vqvae', 'train-gpt'):
         vcfg, gcfg = preset_configs(args.preset)
-        tcfg = _fill(TrainConfig(out_dir=f"runs/{args.cmd[6:]}"), args)
+        try:  # a value the configs refuse (--steps 0) is a usage error, not a traceback
+            tcfg = _fill(TrainConfig(out_dir=os.path.join('runs', args.cmd.split('-')[1])), args)
+        except ValueError as e:
+            p.error(str(e))
         if args.cmd == 'train-vqvae':
             train_vqvae(_fill(vcfg, args), tcfg)
         else:
             if not tcfg.vqvae:
                 p.error("train-gpt needs --vqvae PATH/ckpt.pt (from train-vqvae)")
-            vq = load_checkpoint(tcfg.vqvae)['config']  # fit the prior to the codes of this VQ-VAE
+            vq = load_checkpoint(tcfg.vqvae, 'vqvae')['config']  # fit the prior to the codes of this VQ-VAE
             gcfg = _fill(GPTConfig(**dict(asdict(gcfg), n_codes=vq['n_codes'], frame_channels=vq['in_channels'],
                                           latent_shape=VQVAEConfig(**vq).latent_shape,
                                           frame_size=vq['resolution'])), args)
@@ -1381,7 +1438,7 @@ def _sample_inputs(args):
 def _complete_command(args, videos, frames, cond, sampling):
     """`sample --task`: the real videos on the first row, their completions below, given regions outlined."""
     device = setup_device()[0]
-    gpt, vqvae = load_model(args.gpt).to(device), load_model(args.vqvae).to(device)
+    gpt, vqvae = load_model(args.gpt, 'gpt').to(device), load_model(args.vqvae, 'vqvae').to(device)
     to = (lambda x: x if x is None else x.to(device))
     out, given = complete_video(vqvae, gpt, to(videos), args.task, args.n_given, to(frames), to(cond),
                                 torch.Generator(device).manual_seed(args.seed), steps=args.steps, **sampling)
@@ -1392,21 +1449,19 @@ def _complete_command(args, videos, frames, cond, sampling):
 def demo(args):
     """Both stages on Moving MNIST with the 'demo' preset, then samples.gif and recon.png in args.out_dir."""
     vcfg, gcfg = preset_configs('demo')
-    # One digit per video, and its class conditions the prior: with two digits per video, five CPU minutes of
-    # training drew scribbles (benchmarks/RESULTS.md lists the settings tried).
-    common = dict(dataset='mnist', mnist_dir=args.mnist_dir, n_digits=1, num_workers=0, log_every=50, warmup=100)
+    # One digit per video, whose class conditions the prior: two digits drew scribbles in CPU minutes (RESULTS.md).
+    common = dict(dataset='mnist', mnist_dir=args.mnist_dir, n_digits=1, num_workers=0, log_every=50, warmup=100,
+                  overwrite=True)
     t0 = time.time()
     train_vqvae(vcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'vqvae'), steps=args.vqvae_steps, batch_size=8,
                                   lr=1e-3, sample_every=args.vqvae_steps, ckpt_every=args.vqvae_steps, **common))
     vq_path, gpt_path = (os.path.join(args.out_dir, stage, 'ckpt.pt') for stage in ('vqvae', 'gpt'))
-    # lr 6e-3, not 2e-3: the class pathway (conditional LayerNorm, zero-initialised) learns faster. Sampled with
-    # guidance 3, the frames read as the asked-for digit were 0.67 at 2e-3 and 0.78-0.81 at 4e-3-8e-3 (RESULTS.md).
+    # lr 6e-3, not 2e-3: the zero-initialised class pathway learns faster; samples read as their digit more often.
     train_gpt(gcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'gpt'), steps=args.gpt_steps, batch_size=8,
                                 lr=6e-3, sample_every=args.gpt_steps, ckpt_every=args.gpt_steps, vqvae=vq_path,
                                 **common))
     out = os.path.join(args.out_dir, 'samples.gif')
-    # Two videos of each digit, 0-9 across each row. Temperature 0.8 trades a little variety for steadier digits;
-    # guidance 3 raised the frames read as the asked-for digit from 0.66 to 0.81 (benchmarks/digit_score.py).
+    # Two videos of each digit, 0-9 across each row; temperature 0.8 and guidance 3 for steadier, truer digits.
     sample_videos(gpt_path, n=20, out=out, cond=torch.arange(20) % 10, temperature=0.8, guidance=3.0, nrow=10)
     # Held-out numbers: videos from another seed than training saw.
     held_out = data.make_dataset(TrainConfig(mnist_dir=args.mnist_dir, n_digits=1), vcfg.sequence_length,

@@ -93,6 +93,16 @@ def quality(args):
     codes = vqvae.encode(video)
     bits = ar(codes, cond=cond(ar, label))[1].item() / math.log(2)
     print(f"\nAR prior: {bits:.3f} held-out bits per token (uniform: {math.log2(vcfg.n_codes):.2f})")
+    if args.picture:  # one held-out clip, then the masked prior's completion for each task, given regions outlined
+        rows, marks = [video[args.clip]], [torch.zeros(video.shape[2:], dtype=torch.bool)]
+        for task in vg.TASKS:
+            out, given = vg.complete_video(vqvae, masked, video[args.clip:args.clip + 1], task, n_given,
+                                           cond=cond(masked, label[args.clip:args.clip + 1]),
+                                           generator=torch.Generator().manual_seed(0), temperature=args.temperature)
+            rows.append(out[0])
+            marks.append(given)
+        data.save_video_grid(torch.stack(rows), args.picture, mark=torch.stack(marks))
+        print(f"wrote {args.picture}: the real clip, then {', '.join(vg.TASKS)}, one row each")
 
 
 def main():
@@ -112,6 +122,8 @@ def main():
     q.add_argument('--batch', type=int, default=16)
     q.add_argument('--temperature', type=float, default=1.0)
     q.add_argument('--threads', type=int, default=2)
+    q.add_argument('--picture', help="also write a .png of every task's completion of one clip")
+    q.add_argument('--clip', type=int, default=0, help="which held-out clip the picture shows")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     speed(args) if args.cmd == 'speed' else quality(args)
