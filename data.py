@@ -701,43 +701,63 @@ def batches(dataset, tcfg, start_step, rank=0):
 # Codes: a dataset encoded once by a frozen VQ-VAE, so that the prior never runs it
 
 
+def random_windows(dataset):
+    """Whether items are drawn at random (training crops and windows): item 0 differs under two torch seeds."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        a = dataset[0]['video']
+        torch.manual_seed(1)
+        return not torch.equal(a, dataset[0]['video'])
+
+
 class CodesDataset(Dataset):
-    """Precomputed codes (N, t, h, w) plus the dataset's other fields; 'video' is read only if frames condition."""
+    """Precomputed codes (N, t, h, w) plus the dataset's other fields; with keep_video, 'video' holds the
+    conditioning frames: those stored with the codes (random-window datasets), else read from the dataset."""
 
     def __init__(self, dataset, encoded, keep_video):
+        if keep_video and 'frames' not in encoded and random_windows(dataset):
+            raise ValueError("the dataset draws random windows, so frames read again would not match the encoded "
+                             "window: encode with encode_dataset(..., n_frames=N) to store them with the codes")
         self.dataset, self.encoded, self.keep_video = dataset, encoded, keep_video
 
     def __len__(self):
         return len(self.encoded['codes'])
 
     def __getitem__(self, idx):
-        item = {k: v[idx] for k, v in self.encoded.items()}
+        item = {k: v[idx] for k, v in self.encoded.items() if k != 'frames'}
         item['codes'] = item['codes'].long()
-        if self.keep_video:
+        if self.keep_video and 'frames' in self.encoded:
+            item['video'] = self.encoded['frames'][idx].float() / 255 - 0.5  # uint8 frames, as they were decoded
+        elif self.keep_video:
             item['video'] = self.dataset[idx]['video']
         return item
 
 
 @torch.no_grad()
-def encode_dataset(vqvae, dataset, path, batch_size=32):
+def encode_dataset(vqvae, dataset, path, batch_size=32, n_frames=0):
     """Encode every video once into a file of int16 codes (N, t, h, w) plus the items' other fields (actions,
-    labels), written atomically; a second call loads it. Items must be deterministic (evaluation windows)."""
+    labels), written atomically; a second call loads it. For a dataset of random windows, n_frames > 0 also stores
+    the first n_frames frames of each encoded window (uint8), so that frame conditioning sees that same window."""
     # The file remembers which codebook made it: codes of a retrained VQ-VAE must not be served from a stale file.
     fingerprint = vqvae.codebook.embeddings.double().sum().item()
+    n_frames = n_frames if n_frames and random_windows(dataset) else 0
     if os.path.exists(path):
         encoded = torch.load(path, weights_only=True)
-        if encoded.pop('fingerprint').item() == fingerprint:
+        if encoded.pop('fingerprint').item() == fingerprint and encoded.pop('n_frames', 0) == n_frames:
             return encoded
-        print(f"{path} was made by another VQ-VAE: encoding again")
+        print(f"{path} was made by another VQ-VAE or for other frames: encoding again")
     device = next(vqvae.parameters()).device
     out = {}
     for b in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
-        b['codes'] = vqvae.encode(b.pop('video').to(device)).cpu().to(torch.int16)  # K <= 32768 fits int16
+        video = b.pop('video')
+        b['codes'] = vqvae.encode(video.to(device)).cpu().to(torch.int16)  # K <= 32768 fits int16
+        if n_frames:  # frames come from uint8 files: x * 255 + 127.5 recovers them exactly
+            b['frames'] = ((video[:, :, :n_frames] + 0.5) * 255).round().to(torch.uint8)
         for k, v in b.items():
             out.setdefault(k, []).append(v)
     out = {k: torch.cat(v) for k, v in out.items()}
-    atomic_write(path, lambda tmp: torch.save(dict(fingerprint=torch.tensor(fingerprint, dtype=torch.float64), **out),
-                                              tmp))
+    stamp = dict(fingerprint=torch.tensor(fingerprint, dtype=torch.float64), n_frames=n_frames)
+    atomic_write(path, lambda tmp: torch.save(dict(stamp, **out), tmp))
     return out
 
 

@@ -750,9 +750,9 @@ def test_wrong_files_disks_and_folders_get_errors_that_name_the_fix(tmp_path, mo
 class _Clips(torch.utils.data.Dataset):
     """Tiny deterministic videos (1, 4, 8, 8) with a random crop offset drawn from torch's global RNG, like BAIR."""
 
-    def __init__(self, n=16, with_label=False, with_actions=False):
+    def __init__(self, n=16, with_label=False, with_actions=False, with_start=False):
         self.videos = torch.rand(n, 1, 6, 8, 8, generator=torch.Generator().manual_seed(3)) - 0.5
-        self.with_label, self.with_actions = with_label, with_actions
+        self.with_label, self.with_actions, self.with_start = with_label, with_actions, with_start
 
     def __len__(self):
         return len(self.videos)
@@ -764,6 +764,8 @@ class _Clips(torch.utils.data.Dataset):
             item['label'] = torch.tensor(idx % 3)
         if self.with_actions:
             item['actions'] = torch.full((4, 4), idx / 16)
+        if self.with_start:  # which window was drawn
+            item['start'] = torch.tensor(s)
         return item
 
 
@@ -897,6 +899,21 @@ def test_prior_trains_on_frozen_vqvae_and_codes_file(tmp_path):
     after = vg.load_checkpoint(tmp_path / 'vq' / 'ckpt.pt')['model']
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert isinstance(gpt, vg.VideoGPT)
+
+
+def test_codes_file_keeps_the_encoded_window_for_frame_conditioning(tmp_path):
+    vq, clips = tiny_vqvae().eval(), _Clips(with_start=True)  # random 4-frame windows of 6-frame clips
+    encoded = data.encode_dataset(vq, clips, tmp_path / 'codes.pt', n_frames=2)
+    ds = data.CodesDataset(clips, encoded, keep_video=True)
+    starts = set()
+    for i in range(len(ds)):
+        item, s = ds[i], int(ds[i]['start'])
+        starts.add(s)
+        assert torch.equal(item['codes'], vq.encode(clips.videos[i:i + 1, :, s:s + 4])[0])
+        assert (item['video'] - clips.videos[i, :, s:s + 2]).abs().max() <= 0.5 / 255 + 1e-6  # the same window
+    assert len(starts) > 1  # the windows really were random
+    bare = data.encode_dataset(vq, clips, tmp_path / 'bare.pt')  # no frames stored: refused, not mismatched
+    _raises(ValueError, 'random windows.*n_frames', lambda: data.CodesDataset(clips, bare, keep_video=True))
 
 
 def test_codes_file_is_not_reused_for_another_vqvae(tmp_path, capsys):
@@ -1205,6 +1222,25 @@ def test_evaluate_scores_a_class_conditional_prior_with_its_labels():
     got = vg.evaluate(vq, g, x, labels, batch_size=2)['bits_per_token']
     assert got == pytest.approx(want, rel=1e-5)
     assert got != pytest.approx(vg.evaluate(vq, g, x, (labels + 1) % 4, batch_size=2)['bits_per_token'], rel=1e-3)
+
+
+def test_evaluate_runs_in_eval_mode_and_scores_frame_conditioned_priors():
+    vq = tiny_vqvae(resolution=16).train()
+    vq(video(H=16))  # initialise the codebook, as training would
+    g = tiny_gpt(n_codes=32, latent_shape=vq.config.latent_shape, n_cond_frames=1, frame_channels=1,
+                 frame_size=16).train()
+    buffers = {k: v.clone() for k, v in vq.state_dict().items()}
+    x = video(B=3, H=16)
+    scores = vg.evaluate(vq, g, x, batch_size=2)
+    assert all(torch.equal(buffers[k], v) for k, v in vq.state_dict().items())  # the codebook did not move
+    assert vq.training and g.training  # modes restored
+    vq.eval(), g.eval()
+    with torch.no_grad():
+        want = (g(vq.encode(x), x[:, :, :1])[1] / math.log(2)).item()
+        x_hat = vq(x)['x_hat'].clamp(-0.5, 0.5)
+    assert scores['bits_per_token'] == pytest.approx(want, rel=1e-5)
+    assert scores['ssim'] == pytest.approx(vg.ssim(x_hat, x).mean().item(), rel=1e-5)
+    assert scores['nmse'] == pytest.approx((F.mse_loss(x_hat, x) / x.var()).item(), rel=1e-5)
 
 
 def test_data_moving_mnist_labels_name_the_digit_shown():

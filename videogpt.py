@@ -1236,7 +1236,7 @@ def train_gpt(gcfg, tcfg, dataset=None):
                          f"{vcfg.n_codes} of shape {vcfg.latent_shape}: use the same preset for both stages")
     dataset = dataset or data.make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)
     if tcfg.codes_file:
-        encoded = data.encode_dataset(vqvae, dataset, tcfg.codes_file)
+        encoded = data.encode_dataset(vqvae, dataset, tcfg.codes_file, n_frames=gcfg.n_cond_frames)
         dataset = data.CodesDataset(dataset, encoded, keep_video=gcfg.n_cond_frames > 0)
     fixed = torch.utils.data.default_collate([dataset[i] for i in range(min(4, len(dataset)))])
 
@@ -1475,15 +1475,26 @@ def demo(args):
 
 @torch.no_grad()
 def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
-    """Reconstruction PSNR in dB (peak-to-peak 1 for [-0.5, 0.5] videos) and the prior's bits per token; cond: the
-    prior's class labels or vectors for the videos, if it is conditional (frame-conditioned priors are not handled).
-    """
-    mse = nats = 0.0
+    """Held-out scores of videos (N, C, T, H, W) in [-0.5, 0.5]: reconstruction PSNR over all pixels (peak-to-peak 1),
+    SSIM (mean over videos), NMSE (MSE over the videos' variance, the paper's table 3), and the prior's bits per
+    token. cond: the prior's class labels or vectors, if any; a frame-conditioned prior takes the videos' first
+    frames. Both models run in eval mode (the codebook never moves) and are left in the mode they were in."""
+    modes = vqvae.training, gpt.training
+    vqvae.eval(), gpt.eval()
+    device = next(gpt.parameters()).device
+    sq = nats = ssim_sum = 0.0
     conds = [None] * len(video) if cond is None else cond.split(batch_size)  # zip stops at the videos' batches
     for x, c in zip(video.split(batch_size), conds):
-        mse += F.mse_loss(vqvae(x)['x_hat'].clamp(-0.5, 0.5), x, reduction='sum').item()
-        nats += gpt(vqvae.encode(x), cond=c)[1].item() * len(x)
-    return dict(psnr=10 * math.log10(video.numel() / mse), bits_per_token=nats / len(video) / math.log(2))
+        x = x.to(device)
+        x_hat = vqvae(x)['x_hat'].clamp(-0.5, 0.5)
+        sq += F.mse_loss(x_hat, x, reduction='sum').item()
+        ssim_sum += ssim(x_hat, x).sum().item() if min(x.shape[-2:]) >= 11 else math.nan  # needs 11x11 frames
+        frames = x[:, :, :gpt.config.n_cond_frames] if gpt.config.n_cond_frames else None
+        nats += gpt(vqvae.encode(x), frames, None if c is None else c.to(device))[1].item() * len(x)
+    vqvae.train(modes[0]), gpt.train(modes[1])
+    mse = sq / video.numel()
+    return dict(psnr=10 * math.log10(1 / mse), ssim=ssim_sum / len(video), nmse=mse / video.float().var().item(),
+                bits_per_token=nats / len(video) / math.log(2))
 
 
 if __name__ == '__main__':
