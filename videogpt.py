@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -90,7 +90,7 @@ def check_pixels(x, what='video'):
                          "for uint8 frames use x / 255 - 0.5, for [-1, 1] data use x / 2")
 
 
-def Norm(channels):
+def group_norm(channels):
     # GroupNorm, not the original's BatchNorm: BatchNorm's batch statistics are noisy at the 1-8 videos per GPU that
     # fit at 64x64x16, and its running averages make eval differ from train. GroupNorm normalises each sample on its
     # own, so train and eval compute the same function at any batch size. 32 groups is the standard (Wu & He 2018);
@@ -163,9 +163,9 @@ class AttentionResidualBlock(nn.Module):
     def __init__(self, dim, n_head, axial_attention):
         super().__init__()
         self.conv = nn.Sequential(
-            Norm(dim), nn.ReLU(), nn.Conv3d(dim, dim // 2, 3, padding=1),  # a bottleneck to half the width,
-            Norm(dim // 2), nn.ReLU(), nn.Conv3d(dim // 2, dim, 1),       # as in the original code
-            Norm(dim), nn.ReLU())
+            group_norm(dim), nn.ReLU(), nn.Conv3d(dim, dim // 2, 3, padding=1),  # a bottleneck to half the width,
+            group_norm(dim // 2), nn.ReLU(), nn.Conv3d(dim // 2, dim, 1),       # as in the original code
+            group_norm(dim), nn.ReLU())
         self.attn = AxialAttention(dim, n_head) if axial_attention else None
 
     def forward(self, x, pos):
@@ -198,7 +198,7 @@ class Encoder(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.blocks = nn.ModuleList([AttentionResidualBlock(D, cfg.n_head, cfg.axial_attention)
                                      for _ in range(cfg.n_res_layers)])
-        self.out = nn.Sequential(Norm(D), nn.ReLU())
+        self.out = nn.Sequential(group_norm(D), nn.ReLU())
 
     def forward(self, x, pos):
         for conv in self.convs[:-1]:
@@ -217,7 +217,7 @@ class Decoder(nn.Module):
         D, n_up = cfg.n_hiddens, [int(math.log2(d)) for d in cfg.downsample]
         self.blocks = nn.ModuleList([AttentionResidualBlock(D, cfg.n_head, cfg.axial_attention)
                                      for _ in range(cfg.n_res_layers)])
-        self.norm = nn.Sequential(Norm(D), nn.ReLU())
+        self.norm = nn.Sequential(group_norm(D), nn.ReLU())
         stages, n = [], max(n_up)
         for i in range(n):
             # Upsample the axes whose factor is largest first, so stage i mirrors encoder stage n - 1 - i.
@@ -459,8 +459,8 @@ class FrameEncoder(nn.Module):
         for _ in range(3):
             self.stages.append(nn.ModuleDict(dict(
                 down=down_conv(D, D, (1, 2, 2)),
-                res=nn.Sequential(Norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1),
-                                  Norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1)))))
+                res=nn.Sequential(group_norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1),
+                                  group_norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1)))))
         self.pos = AxisPositionEmbedding((cfg.n_cond_frames, cfg.frame_size // 8, cfg.frame_size // 8), D)
         self.out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, cfg.n_embd))
 
@@ -473,7 +473,7 @@ class FrameEncoder(nn.Module):
         return self.out(rearrange(x, 'B t h w D -> B (t h w) D'))  # (B, S, n_embd)
 
 
-class LayerNorm(nn.Module):
+class CondLayerNorm(nn.Module):
     """LayerNorm over D, conditional when cond_dim > 0: gain and bias are affine functions of a (B, cond_dim) vector.
 
     (B, L, D), cond (B, cond_dim) or None -> (B, L, D). This is the paper's class / action conditioning.
@@ -558,12 +558,12 @@ class Block(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.ln1 = LayerNorm(cfg.n_embd, cfg.cond_dim)
+        self.ln1 = CondLayerNorm(cfg.n_embd, cfg.cond_dim)
         self.attn = SelfAttention(cfg)
         if cfg.n_cond_frames:
-            self.ln_x = LayerNorm(cfg.n_embd, cfg.cond_dim)
+            self.ln_x = CondLayerNorm(cfg.n_embd, cfg.cond_dim)
             self.xattn = CrossAttention(cfg)
-        self.ln2 = LayerNorm(cfg.n_embd, cfg.cond_dim)
+        self.ln2 = CondLayerNorm(cfg.n_embd, cfg.cond_dim)
         self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
                                  nn.Linear(4 * cfg.n_embd, cfg.n_embd))
         self.drop = nn.Dropout(cfg.dropout)
@@ -678,11 +678,11 @@ class VideoGPT(nn.Module):
         self.frame_encoder = FrameEncoder(cfg) if cfg.n_cond_frames else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
-        self.ln_f = LayerNorm(cfg.n_embd, cfg.cond_dim)
+        self.ln_f = CondLayerNorm(cfg.n_embd, cfg.cond_dim)
         self.head = nn.Linear(cfg.n_embd, cfg.n_codes, bias=False)
         self.apply(self._init_weights)
         for m in self.modules():
-            if isinstance(m, LayerNorm):
+            if isinstance(m, CondLayerNorm):
                 m.init_identity()
         for name, p in self.named_parameters():
             # GPT-2's scaled init: each residual branch's output projection shrinks with depth, so that the sum of
@@ -966,6 +966,30 @@ def ssim(a, b):
     return s.mean((1, 2, 3)).view(a.shape[0], -1).mean(1).float()
 
 
+@torch.no_grad()
+def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
+    """Held-out scores of videos (N, C, T, H, W) in [-0.5, 0.5]: reconstruction PSNR over all pixels (peak-to-peak 1),
+    SSIM (mean over videos), NMSE (MSE over the videos' variance, the paper's table 3), and the prior's bits per
+    token. cond: the prior's class labels or vectors, if any; a frame-conditioned prior takes the videos' first
+    frames. Both models run in eval mode (the codebook never moves) and are left in the mode they were in."""
+    modes = vqvae.training, gpt.training
+    vqvae.eval(), gpt.eval()
+    device = next(gpt.parameters()).device
+    sq = nats = ssim_sum = 0.0
+    conds = [None] * len(video) if cond is None else cond.split(batch_size)  # zip stops at the videos' batches
+    for x, c in zip(video.split(batch_size), conds):
+        x = x.to(device)
+        x_hat = vqvae(x)['x_hat'].clamp(-0.5, 0.5)
+        sq += F.mse_loss(x_hat, x, reduction='sum').item()
+        ssim_sum += ssim(x_hat, x).sum().item() if min(x.shape[-2:]) >= 11 else math.nan  # needs 11x11 frames
+        frames = x[:, :, :gpt.config.n_cond_frames] if gpt.config.n_cond_frames else None
+        nats += gpt(vqvae.encode(x), frames, None if c is None else c.to(device))[1].item() * len(x)
+    vqvae.train(modes[0]), gpt.train(modes[1])
+    mse = sq / video.numel()
+    return dict(psnr=10 * math.log10(1 / mse), ssim=ssim_sum / len(video), nmse=mse / video.float().var().item(),
+                bits_per_token=nats / len(video) / math.log(2))
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Presets: the paper's settings (appendix tables; the authors' VideoGPT-Paper configs where the tables are silent)
 
@@ -990,15 +1014,19 @@ PRESETS = {
 }
 
 
+def fit_prior(gcfg, vcfg):
+    """gcfg with what must match the VQ-VAE taken from vcfg: its codes, and the size of the conditioning frames."""
+    return replace(gcfg, n_codes=vcfg.n_codes, latent_shape=vcfg.latent_shape, frame_channels=vcfg.in_channels,
+                   frame_size=vcfg.resolution)
+
+
 def preset_configs(name):
     """(VQVAEConfig, GPTConfig) of a preset, with the prior fitted to the VQ-VAE's codes."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
     vq_kw, gpt_kw = PRESETS[name]
     vcfg = VQVAEConfig(**vq_kw)
-    gpt_kw = dict(dict(n_codes=vcfg.n_codes, latent_shape=vcfg.latent_shape, frame_channels=vcfg.in_channels,
-                       frame_size=vcfg.resolution), **gpt_kw)
-    return vcfg, GPTConfig(**gpt_kw)
+    return vcfg, fit_prior(GPTConfig(**gpt_kw), vcfg)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -1092,44 +1120,70 @@ def load_model(path, kind=None):
     return model.eval()
 
 
-def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=None):
+def make_optimizer(model, tcfg, device):
+    """AdamW with weight decay on matrices and embeddings only (not on norms or biases); fused on GPUs."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [dict(params=[p for p in params if p.ndim >= 2], weight_decay=tcfg.weight_decay),
+              dict(params=[p for p in params if p.ndim < 2], weight_decay=0.0)]
+    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(0.9, 0.95), fused=device.type == 'cuda')
+
+
+def rng_states(device, world):
+    """Every rank's RNG state (CPU, then CUDA on GPUs), gathered: a resume continues dropout and code restarts."""
+    rng = torch.cat([torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == 'cuda' else []))
+    if world == 1:
+        return [rng]
+    rngs = [torch.empty_like(rng, device=device) for _ in range(world)]
+    dist.all_gather(rngs, rng.to(device))
+    return [r.cpu() for r in rngs]
+
+
+def set_rng_state(states, rank, device):
+    state, n_cpu = states[rank % len(states)], len(torch.get_rng_state())
+    torch.set_rng_state(state[:n_cpu])
+    if device.type == 'cuda' and len(state) > n_cpu:
+        torch.cuda.set_rng_state(state[n_cpu:], device)
+
+
+def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg):
+    """(step, log) to start from: a fresh run, or the checkpoint's state loaded into model, opt and scaler."""
+    if not os.path.exists(ckpt_path):
+        return 0, []
+    if not (tcfg.resume or tcfg.overwrite):  # never replace a run without being asked
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume true to continue that run, --overwrite true to "
+                              "start over, or another --out-dir")
+    if not tcfg.resume:
+        return 0, []
+    ckpt = load_checkpoint(ckpt_path, kind)
+    saved = asdict(type(model_cfg)(**ckpt['config']))  # through the dataclass: lists become tuples again
+    changed = ', '.join(f"{k}={saved[k]}" for k, v in asdict(model_cfg).items() if saved.get(k, v) != v)
+    if changed:  # a size mismatch deep in load_state_dict would not say which setting differs
+        raise ValueError(f"--resume: {ckpt_path} was trained with {changed}: resume with those settings, or "
+                         "pass --overwrite true to start over")
+    model.load_state_dict(ckpt['model'])
+    opt.load_state_dict(ckpt['optimizer'])
+    scaler.load_state_dict(ckpt['scaler'])
+    set_rng_state(ckpt['rng'], dist.get_rank() if _is_dist() else 0, next(model.parameters()).device)
+    print(f"resumed {ckpt_path} at step {ckpt['step']}")
+    return ckpt['step'], ckpt['log']
+
+
+def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=None, on_log=None):
     """Train `model` with loss = step_fn(model, batch)[0]; checkpoints, logs and samples go to tcfg.out_dir.
 
-    step_fn(model, batch) -> (loss, metrics dict); on_sample(model, step) writes pictures. Returns the model.
+    step_fn(model, batch) -> (loss, metrics dict); on_sample(model, step) writes pictures; on_log(log) runs after
+    each logged step (a live plot). tcfg.out_dir='' writes no files at all. Returns the model.
     """
     from tqdm import tqdm
     device, rank, world, dtype, use_scaler = setup_device()
-    os.makedirs(tcfg.out_dir, exist_ok=True)
+    files = rank == 0 and bool(tcfg.out_dir)  # only rank 0 writes, and only when there is a folder
     ckpt_path = os.path.join(tcfg.out_dir, 'ckpt.pt')
     torch.manual_seed(tcfg.seed + rank)
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay, rest = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([dict(params=decay, weight_decay=tcfg.weight_decay), dict(params=rest, weight_decay=0)],
-                            lr=tcfg.lr, betas=(0.9, 0.95), fused=device.type == 'cuda')
-    scaler = torch.amp.GradScaler(enabled=use_scaler)
-    step, log = 0, []
-    if os.path.exists(ckpt_path) and not (tcfg.resume or tcfg.overwrite):  # never replace a run without being asked
-        raise FileExistsError(f"{ckpt_path} exists: pass --resume true to continue that run, --overwrite true to "
-                              "start over, or another --out-dir")
-    if tcfg.resume and os.path.exists(ckpt_path):
-        ckpt = load_checkpoint(ckpt_path, kind)
-        saved = asdict(type(model_cfg)(**ckpt['config']))  # through the dataclass: lists become tuples again
-        changed = ', '.join(f"{k}={saved[k]}" for k, v in asdict(model_cfg).items() if saved.get(k, v) != v)
-        if changed:  # a size mismatch deep in load_state_dict would not say which setting differs
-            raise ValueError(f"--resume: {ckpt_path} was trained with {changed}: resume with those settings, or "
-                             "pass --overwrite true to start over")
-        model.load_state_dict(ckpt['model'])
-        opt.load_state_dict(ckpt['optimizer'])
-        scaler.load_state_dict(ckpt['scaler'])
-        step, log = ckpt['step'], ckpt['log']
-        state = ckpt['rng'][rank % len(ckpt['rng'])]  # (CPU RNG state, then the CUDA one on GPUs)
-        n_cpu = len(torch.get_rng_state())
-        torch.set_rng_state(state[:n_cpu])
-        if device.type == 'cuda' and len(state) > n_cpu:
-            torch.cuda.set_rng_state(state[n_cpu:], device)
-        print(f"resumed {ckpt_path} at step {step}")
-    if rank == 0:  # the log as of the checkpoint: rows written after it, before an interruption, are replayed
+    opt, scaler = make_optimizer(model, tcfg, device), torch.amp.GradScaler(enabled=use_scaler)
+    step, log = resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg) if tcfg.out_dir else (0, [])
+    if files:  # the log as of the checkpoint: rows written after it, before an interruption, are replayed
+        os.makedirs(tcfg.out_dir, exist_ok=True)
         with open(os.path.join(tcfg.out_dir, 'metrics.jsonl'), 'w') as f:
             f.writelines(json.dumps(row) + '\n' for row in log)
     # DDP averages gradients; the codebook's buffers are kept identical by its own all-reduce, so DDP must not
@@ -1137,23 +1191,6 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
     fwd = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
     fwd = torch.compile(fwd) if tcfg.compile else fwd
     data_iter = data.batches(dataset, tcfg, step, rank)  # batch s depends on (seed, s, rank) only: resumable
-
-    def checkpoint():
-        # Every rank's RNG (dropout, code restarts) is saved, so that a resume continues each one exactly.
-        rng = torch.cat([torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == 'cuda' else []))
-        if world > 1:
-            rngs = [torch.empty_like(rng, device=device) for _ in range(world)]
-            dist.all_gather(rngs, rng.to(device))
-            rng = [r.cpu() for r in rngs]
-        else:
-            rng = [rng]
-        if rank == 0:
-            save_checkpoint(ckpt_path, kind=kind, config=asdict(model_cfg), model=model.state_dict(),
-                            optimizer=opt.state_dict(), scaler=scaler.state_dict(), step=step, log=log,
-                            rng=rng, train_config=asdict(tcfg), **(extra or {}))
-            if log:
-                data.plot_metrics(os.path.join(tcfg.out_dir, 'loss.png'), log)
-
     bar = tqdm(total=tcfg.steps, initial=step, disable=rank != 0, desc=kind)
     t0 = time.time()
     with contextlib.closing(bar):
@@ -1177,17 +1214,24 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
             step += 1
             bar.update(1)
             if step % tcfg.log_every == 0 or step == tcfg.steps:
-                row = dict(step=step, loss=loss.item(), lr=lr_at(step - 1, tcfg),
-                           time=round(time.time() - t0, 1), **{k: float(v.detach()) for k, v in metrics.items()})
-                log.append(row)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k not in ('step', 'time', 'lr')})
-                if rank == 0:
+                log.append(dict(step=step, loss=loss.item(), lr=lr_at(step - 1, tcfg), time=round(time.time() - t0, 1),
+                                **{k: float(v.detach()) for k, v in metrics.items()}))
+                bar.set_postfix({k: f"{v:.3g}" for k, v in log[-1].items() if k not in ('step', 'time', 'lr')})
+                if files:
                     with open(os.path.join(tcfg.out_dir, 'metrics.jsonl'), 'a') as f:
-                        f.write(json.dumps(row) + '\n')
-            if on_sample and rank == 0 and (step % tcfg.sample_every == 0 or step == tcfg.steps):
+                        f.write(json.dumps(log[-1]) + '\n')
+                if on_log and rank == 0:
+                    on_log(log)
+            if files and on_sample and (step % tcfg.sample_every == 0 or step == tcfg.steps):
                 on_sample(model, step)
-            if step % tcfg.ckpt_every == 0 or step == tcfg.steps:
-                checkpoint()
+            if tcfg.out_dir and (step % tcfg.ckpt_every == 0 or step == tcfg.steps):
+                rng = rng_states(device, world)  # a collective under DDP: every rank takes part
+                if files:
+                    save_checkpoint(ckpt_path, kind=kind, config=asdict(model_cfg), model=model.state_dict(),
+                                    optimizer=opt.state_dict(), scaler=scaler.state_dict(), step=step, log=log,
+                                    rng=rng, train_config=asdict(tcfg), **(extra or {}))
+                    if log:
+                        data.plot_metrics(os.path.join(tcfg.out_dir, 'loss.png'), log)
     return model
 
 
@@ -1231,9 +1275,12 @@ def train_gpt(gcfg, tcfg, dataset=None):
     device = setup_device()[0]
     vqvae.to(device)
     vcfg = vqvae.config
-    if (gcfg.n_codes, gcfg.latent_shape) != (vcfg.n_codes, vcfg.latent_shape):
-        raise ValueError(f"the prior expects {gcfg.n_codes} codes of shape {gcfg.latent_shape} but the VQ-VAE makes "
-                         f"{vcfg.n_codes} of shape {vcfg.latent_shape}: use the same preset for both stages")
+    fitted, keys = fit_prior(gcfg, vcfg), ('n_codes', 'latent_shape') + ('frame_channels', 'frame_size') * bool(
+        gcfg.n_cond_frames)  # the frames come from the VQ-VAE's videos
+    if any(getattr(gcfg, k) != getattr(fitted, k) for k in keys):
+        raise ValueError(f"the prior expects {', '.join(f'{k}={getattr(gcfg, k)}' for k in keys)} but the VQ-VAE "
+                         f"makes {', '.join(f'{k}={getattr(fitted, k)}' for k in keys)}: build the prior's config "
+                         "with fit_prior(gcfg, vqvae.config)")
     dataset = dataset or data.make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)
     if tcfg.codes_file:
         encoded = data.encode_dataset(vqvae, dataset, tcfg.codes_file, n_frames=gcfg.n_cond_frames)
@@ -1335,76 +1382,6 @@ def _fill(cfg, args):
     return type(cfg)(**dict(asdict(cfg), **given))
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="VideoGPT: train a VQ-VAE, then a prior over its codes, then sample.")
-    sub = p.add_subparsers(dest='cmd', required=True)
-    for cmd, cfg_cls in (('train-vqvae', VQVAEConfig), ('train-gpt', GPTConfig)):
-        s = sub.add_parser(cmd, help=f"train the {'VQ-VAE (stage 1)' if cmd == 'train-vqvae' else 'prior (stage 2)'}")
-        s.add_argument('--preset', default='mnist', help=f"one of {', '.join(PRESETS)}")
-        _add_dataclass_args(s, cfg_cls, skip=('n_codes', 'latent_shape') if cfg_cls is GPTConfig else ())
-        _add_dataclass_args(s, TrainConfig)
-    s = sub.add_parser('sample', help="sample videos from a prior checkpoint, or complete a real one (--task)")
-    s.add_argument('--gpt', required=True, help="the prior's ckpt.pt")
-    s.add_argument('--vqvae', default='', help="its VQ-VAE's ckpt.pt (default: the one it was trained on)")
-    s.add_argument('--task', choices=list(TASKS), help="complete the videos of --from: " + '; '.join(
-        f'{k}: {v}' for k, v in TASKS.items()))
-    s.add_argument('--from', dest='from_', metavar='VIDEO', help="with --task: a video file, or val / train")
-    s.add_argument('--n-given', type=int, default=1, help="latent frames given by --task fp")
-    s.add_argument('--steps', type=int, help="forward passes of masked decoding (default 12)")
-    s.add_argument('--n', type=int, default=8)
-    s.add_argument('--out', default='samples.gif', help=".gif or .mp4")
-    s.add_argument('--temperature', type=float, default=1.0)
-    s.add_argument('--top-k', type=int)
-    s.add_argument('--top-p', type=float)
-    s.add_argument('--guidance', type=float, default=1.0, help="classifier-free guidance scale for priors trained "
-                   "with --cond-dropout (1: none)")
-    s.add_argument('--seed', type=int, default=0)
-    s.add_argument('--frames-from', help="conditioning frames: 'val' / 'train' (a dataset split) or a video file")
-    s.add_argument('--actions', help="a .npy of actions (n, T, 4) or (T, 4), for action-conditioned priors")
-    s.add_argument('--labels', type=int, nargs='+', help="class labels, cycled over the n videos, for "
-                   "class-conditional priors (the demo's: digits 0-9)")
-    for flag in ('--dataset', '--data-dir', '--mnist-dir'):  # default: the dataset the prior was trained on
-        s.add_argument(flag, default='')
-    d = sub.add_parser('demo', help="train both stages on Moving MNIST on a CPU (<10 min), write samples.gif")
-    d.add_argument('--out-dir', default='runs/demo')
-    d.add_argument('--mnist-dir', default='')
-    d.add_argument('--vqvae-steps', type=int, default=400)
-    d.add_argument('--gpt-steps', type=int, default=1300)
-    args = p.parse_args(argv)
-
-    if args.cmd in ('train-vqvae', 'train-gpt'):
-        vcfg, gcfg = preset_configs(args.preset)
-        try:  # a value the configs refuse (--steps 0) is a usage error, not a traceback
-            tcfg = _fill(TrainConfig(out_dir=os.path.join('runs', args.cmd.split('-')[1])), args)
-        except ValueError as e:
-            p.error(str(e))
-        if args.cmd == 'train-vqvae':
-            train_vqvae(_fill(vcfg, args), tcfg)
-        else:
-            if not tcfg.vqvae:
-                p.error("train-gpt needs --vqvae PATH/ckpt.pt (from train-vqvae)")
-            vq = load_checkpoint(tcfg.vqvae, 'vqvae')['config']  # fit the prior to the codes of this VQ-VAE
-            gcfg = _fill(GPTConfig(**dict(asdict(gcfg), n_codes=vq['n_codes'], frame_channels=vq['in_channels'],
-                                          latent_shape=VQVAEConfig(**vq).latent_shape,
-                                          frame_size=vq['resolution'])), args)
-            train_gpt(gcfg, tcfg)
-    elif args.cmd == 'sample':
-        if os.path.splitext(args.out)[1].lower() not in ('.gif', '.mp4', '.png'):  # before the sampling work
-            p.error(f"--out {args.out}: write a .gif, .mp4 or .png")
-        if bool(args.task) != bool(args.from_):
-            p.error("--task and --from go together: --task fp --from clip.mp4 (or --from val)")
-        args.vqvae = find_vqvae(args.gpt, args.vqvae)
-        videos, frames, cond = _sample_inputs(args)
-        sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance=args.guidance)
-        if args.task:
-            _complete_command(args, videos, frames, cond, sampling)
-        else:
-            sample_videos(args.gpt, args.n, args.out, frames, cond, args.seed, vqvae_path=args.vqvae, **sampling)
-        print(f"wrote {args.out}")
-    elif args.cmd == 'demo':
-        demo(args)
-
-
 def _sample_inputs(args):
     """(videos, frames, cond) for `sample`: videos (n, C, T, H, W) from --from or --frames-from (a video file or a
     dataset split, by default the prior's training dataset), actions from a .npy file, labels from --labels."""
@@ -1473,28 +1450,72 @@ def demo(args):
     print(f"demo done in {time.time() - t0:.0f} s: {out}, {os.path.join(args.out_dir, 'vqvae', 'recon.png')}")
 
 
-@torch.no_grad()
-def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
-    """Held-out scores of videos (N, C, T, H, W) in [-0.5, 0.5]: reconstruction PSNR over all pixels (peak-to-peak 1),
-    SSIM (mean over videos), NMSE (MSE over the videos' variance, the paper's table 3), and the prior's bits per
-    token. cond: the prior's class labels or vectors, if any; a frame-conditioned prior takes the videos' first
-    frames. Both models run in eval mode (the codebook never moves) and are left in the mode they were in."""
-    modes = vqvae.training, gpt.training
-    vqvae.eval(), gpt.eval()
-    device = next(gpt.parameters()).device
-    sq = nats = ssim_sum = 0.0
-    conds = [None] * len(video) if cond is None else cond.split(batch_size)  # zip stops at the videos' batches
-    for x, c in zip(video.split(batch_size), conds):
-        x = x.to(device)
-        x_hat = vqvae(x)['x_hat'].clamp(-0.5, 0.5)
-        sq += F.mse_loss(x_hat, x, reduction='sum').item()
-        ssim_sum += ssim(x_hat, x).sum().item() if min(x.shape[-2:]) >= 11 else math.nan  # needs 11x11 frames
-        frames = x[:, :, :gpt.config.n_cond_frames] if gpt.config.n_cond_frames else None
-        nats += gpt(vqvae.encode(x), frames, None if c is None else c.to(device))[1].item() * len(x)
-    vqvae.train(modes[0]), gpt.train(modes[1])
-    mse = sq / video.numel()
-    return dict(psnr=10 * math.log10(1 / mse), ssim=ssim_sum / len(video), nmse=mse / video.float().var().item(),
-                bits_per_token=nats / len(video) / math.log(2))
+def main(argv=None):
+    p = argparse.ArgumentParser(description="VideoGPT: train a VQ-VAE, then a prior over its codes, then sample.")
+    sub = p.add_subparsers(dest='cmd', required=True)
+    for cmd, cfg_cls in (('train-vqvae', VQVAEConfig), ('train-gpt', GPTConfig)):
+        s = sub.add_parser(cmd, help=f"train the {'VQ-VAE (stage 1)' if cmd == 'train-vqvae' else 'prior (stage 2)'}")
+        s.add_argument('--preset', default='mnist', help=f"one of {', '.join(PRESETS)}")
+        _add_dataclass_args(s, cfg_cls, skip=('n_codes', 'latent_shape') if cfg_cls is GPTConfig else ())
+        _add_dataclass_args(s, TrainConfig)
+    s = sub.add_parser('sample', help="sample videos from a prior checkpoint, or complete a real one (--task)")
+    s.add_argument('--gpt', required=True, help="the prior's ckpt.pt")
+    s.add_argument('--vqvae', default='', help="its VQ-VAE's ckpt.pt (default: the one it was trained on)")
+    s.add_argument('--task', choices=list(TASKS), help="complete the videos of --from: " + '; '.join(
+        f'{k}: {v}' for k, v in TASKS.items()))
+    s.add_argument('--from', dest='from_', metavar='VIDEO', help="with --task: a video file, or val / train")
+    s.add_argument('--n-given', type=int, default=1, help="latent frames given by --task fp")
+    s.add_argument('--steps', type=int, help="forward passes of masked decoding (default 12)")
+    s.add_argument('--n', type=int, default=8)
+    s.add_argument('--out', default='samples.gif', help=".gif or .mp4")
+    s.add_argument('--temperature', type=float, default=1.0)
+    s.add_argument('--top-k', type=int)
+    s.add_argument('--top-p', type=float)
+    s.add_argument('--guidance', type=float, default=1.0, help="classifier-free guidance scale for priors trained "
+                   "with --cond-dropout (1: none)")
+    s.add_argument('--seed', type=int, default=0)
+    s.add_argument('--frames-from', help="conditioning frames: 'val' / 'train' (a dataset split) or a video file")
+    s.add_argument('--actions', help="a .npy of actions (n, T, 4) or (T, 4), for action-conditioned priors")
+    s.add_argument('--labels', type=int, nargs='+', help="class labels, cycled over the n videos, for "
+                   "class-conditional priors (the demo's: digits 0-9)")
+    for flag in ('--dataset', '--data-dir', '--mnist-dir'):  # default: the dataset the prior was trained on
+        s.add_argument(flag, default='')
+    d = sub.add_parser('demo', help="train both stages on Moving MNIST on a CPU (<10 min), write samples.gif")
+    d.add_argument('--out-dir', default='runs/demo')
+    d.add_argument('--mnist-dir', default='')
+    d.add_argument('--vqvae-steps', type=int, default=400)
+    d.add_argument('--gpt-steps', type=int, default=1300)
+    args = p.parse_args(argv)
+
+    if args.cmd in ('train-vqvae', 'train-gpt'):
+        vcfg, gcfg = preset_configs(args.preset)
+        try:  # a value the configs refuse (--steps 0) is a usage error, not a traceback
+            tcfg = _fill(TrainConfig(out_dir=os.path.join('runs', args.cmd.split('-')[1])), args)
+        except ValueError as e:
+            p.error(str(e))
+        if args.cmd == 'train-vqvae':
+            train_vqvae(_fill(vcfg, args), tcfg)
+        else:
+            if not tcfg.vqvae:
+                p.error("train-gpt needs --vqvae PATH/ckpt.pt (from train-vqvae)")
+            vcfg = VQVAEConfig(**load_checkpoint(tcfg.vqvae, 'vqvae')['config'])
+            gcfg = _fill(fit_prior(gcfg, vcfg), args)  # the prior models the codes of this VQ-VAE
+            train_gpt(gcfg, tcfg)
+    elif args.cmd == 'sample':
+        if os.path.splitext(args.out)[1].lower() not in ('.gif', '.mp4', '.png'):  # before the sampling work
+            p.error(f"--out {args.out}: write a .gif, .mp4 or .png")
+        if bool(args.task) != bool(args.from_):
+            p.error("--task and --from go together: --task fp --from clip.mp4 (or --from val)")
+        args.vqvae = find_vqvae(args.gpt, args.vqvae)
+        videos, frames, cond = _sample_inputs(args)
+        sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance=args.guidance)
+        if args.task:
+            _complete_command(args, videos, frames, cond, sampling)
+        else:
+            sample_videos(args.gpt, args.n, args.out, frames, cond, args.seed, vqvae_path=args.vqvae, **sampling)
+        print(f"wrote {args.out}")
+    elif args.cmd == 'demo':
+        demo(args)
 
 
 if __name__ == '__main__':
