@@ -1,5 +1,4 @@
-"""
-VideoGPT in one file: a VQ-VAE that compresses video into a grid of discrete codes, and a GPT prior over the codes.
+"""VideoGPT in one file: a VQ-VAE that compresses video into a grid of discrete codes, and a GPT prior over the codes.
 
     Yan, Zhang, Abbeel, Srinivas 2021, "VideoGPT: Video Generation using VQ-VAE and Transformers" (arXiv 2104.10157)
     van den Oord et al. 2017, "Neural Discrete Representation Learning" (VQ-VAE, EMA codebook in its appendix)
@@ -10,14 +9,12 @@ GroupNorm instead of BatchNorm, learned position embeddings in the VQ-VAE's axia
 code did not), every power-of-2 downsampling builds, a measured data variance instead of `/ 0.06`, a distributed-safe
 EMA codebook kept in fp32, `F.scaled_dot_product_attention` with a KV cache, and a plain PyTorch training loop.
 
-Axis legend used in every shape comment:
-    B batch, C channels, T/H/W video frames/height/width, t/h/w latent grid, L = t*h*w tokens,
-    D width (channels of the VQ-VAE trunk, or transformer width), E codebook vector size, K number of codes,
-    S conditioning tokens, nh heads, hd = D // nh head size.
+Axis legend used in every shape comment: B batch, C channels, T/H/W video frames/height/width, t/h/w latent grid,
+    L = t*h*w tokens, D width (channels of the VQ-VAE trunk, or transformer width), E codebook vector size,
+    K number of codes, S conditioning tokens, nh heads, hd = D // nh head size.
 Videos are float tensors (B, C, T, H, W) in [-0.5, 0.5]; codes are int64 (B, t, h, w).
 """
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -35,33 +32,27 @@ from einops import rearrange
 
 import data  # datasets, the codes file and pictures: only the training loop and the command line use it
 
+
 # ------------------------------------------------------------------------------------------------------------------
 # Helpers
-
 
 def _is_dist():
     return dist.is_available() and dist.is_initialized()
 
 
 def attention(q, k, v, causal=False, dropout_p=0.0, fast=True):
-    """Multi-head attention. q (..., Lq, hd), k and v (..., Lk, hd) -> (..., Lq, hd).
-
-    With `causal`, query i may see keys j <= i + (Lk - Lq): the queries are the last Lq positions of the sequence,
-    which is what a KV cache needs when it feeds in more than one new token at a time.
-    """
-    if fast:  # fused kernel (flash / memory-efficient); never materialises the Lq x Lk matrix
-        offset_causal = causal and q.shape[-2] != k.shape[-2]
-        if not offset_causal:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
+    """Multi-head attention. q (..., Lq, hd), k and v (..., Lk, hd) -> (..., Lq, hd). With `causal`, query i may see
+    keys j <= i + (Lk - Lq): the queries are the last Lq positions, as a KV cache feeding several new tokens needs."""
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    # The fused kernel (flash / memory-efficient) never builds the Lq x Lk matrix; its causal mask assumes Lq = Lk.
+    if fast and not (causal and Lq != Lk):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
     # The reference: softmax(q k^T / sqrt(hd)) v, written out (Vaswani et al. 2017, eq. 1).
     att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (..., Lq, Lk)
-    if causal:
-        Lq, Lk = q.shape[-2], k.shape[-2]
+    if causal:  # query i sees keys j <= i + (Lk - Lq), a mask built on the fly: no L x L buffer to keep in memory
         i = torch.arange(Lq, device=q.device)[:, None] + (Lk - Lq)
-        j = torch.arange(Lk, device=q.device)[None, :]
-        att = att.masked_fill(j > i, float('-inf'))  # built on the fly: no L x L buffer to keep in memory
-    att = F.dropout(att.softmax(dim=-1), dropout_p)
-    return att @ v
+        att = att.masked_fill(torch.arange(Lk, device=q.device) > i, float('-inf'))
+    return F.dropout(att.softmax(dim=-1), dropout_p) @ v
 
 
 def check_codes(codes, latent_shape, n_codes, hint=""):
@@ -91,10 +82,8 @@ def check_pixels(x, what='video'):
 
 
 def group_norm(channels):
-    # GroupNorm, not the original's BatchNorm: BatchNorm's batch statistics are noisy at the 1-8 videos per GPU that
-    # fit at 64x64x16, and its running averages make eval differ from train. GroupNorm normalises each sample on its
-    # own, so train and eval compute the same function at any batch size. 32 groups is the standard (Wu & He 2018);
-    # narrower trunks get fewer groups so that every group still holds channels.
+    # GroupNorm, not the original's BatchNorm (noisy batch statistics at 1-8 videos per GPU, eval differing from train):
+    # it normalises each sample alone. 32 groups (Wu & He 2018); fewer for narrow trunks, so each still holds channels.
     return nn.GroupNorm(math.gcd(32, channels), channels)
 
 
@@ -113,19 +102,15 @@ class AxisPositionEmbedding(nn.Module):
 # ------------------------------------------------------------------------------------------------------------------
 # VQ-VAE building blocks (paper section 3.1, figure 4)
 
-
 def down_conv(c_in, c_out, stride):
-    # "Same" padding for a 2x downsample is a kernel of 4 with 1 pixel each side: (n + 2 - 4) / 2 + 1 = n / 2.
-    # Axes that keep their size use a kernel of 3 with 1 pixel each side. Symmetric padding lets nn.Conv3d pad for
-    # us; the original padded asymmetrically by hand and could not build a factor of 1 on any axis.
-    kernel = tuple(4 if s == 2 else 3 for s in stride)
-    return nn.Conv3d(c_in, c_out, kernel, stride, padding=1)
+    # "Same" padding of 1 pixel each side: kernel 4 / stride 2 halves an axis, (n + 2 - 4) / 2 + 1 = n / 2; kernel 3
+    # keeps it. Symmetric, so nn.Conv3d pads; the original padded by hand and could not build a factor of 1 on any axis.
+    return nn.Conv3d(c_in, c_out, tuple(4 if s == 2 else 3 for s in stride), stride, padding=1)
 
 
 def up_conv(c_in, c_out, stride):
     # The transposed mirror of down_conv: kernel 4 / stride 2 / padding 1 doubles an axis exactly.
-    kernel = tuple(4 if s == 2 else 3 for s in stride)
-    return nn.ConvTranspose3d(c_in, c_out, kernel, stride, padding=1)
+    return nn.ConvTranspose3d(c_in, c_out, tuple(4 if s == 2 else 3 for s in stride), stride, padding=1)
 
 
 class AxialAttention(nn.Module):
@@ -134,9 +119,8 @@ class AxialAttention(nn.Module):
     def __init__(self, dim, n_head):
         super().__init__()
         self.n_head = n_head
-        # Each axis has its own query, key and value projections, as in the original code; the three are stored as
-        # one Linear because one (D -> 9D) matmul is faster than three small ones. Likewise one projection of the
-        # concatenated outputs equals the sum of three per-axis output projections.
+        # Per-axis query, key and value projections as in the original, stored as one Linear: one (D -> 9D) matmul
+        # beats three small ones. One projection of the concatenated outputs equals three per-axis ones, summed.
         self.qkv = nn.Linear(dim, 9 * dim)
         self.proj = nn.Linear(3 * dim, dim)
 
@@ -144,17 +128,15 @@ class AxialAttention(nn.Module):
         B, D, t, h, w = x.shape
         qkv = self.qkv(rearrange(x, 'B D t h w -> B t h w D')).chunk(3, dim=-1)  # 3 x (B, t, h, w, 3D)
         outs = []
-        # Attention along one axis is attention over a batch of 1-D sequences: move the axis next to the channels
-        # and fold the other two into the batch. Sequences are short (8-32), so on CPU the explicit softmax beats
-        # the fused kernel (benchmarks/RESULTS.md).
+        # Attention along one axis is attention over a batch of 1-D sequences: fold the other two axes into the batch.
+        # Sequences are short (8-32), so on CPU the explicit softmax beats the fused kernel (benchmarks/RESULTS.md).
         for axis, qkv_axis in zip('thw', qkv):
             rest = ' '.join(a for a in 'thw' if a != axis)
             q, k, v = rearrange(qkv_axis, f'B t h w (three nh hd) -> three (B {rest}) nh {axis} hd',
                                 three=3, nh=self.n_head)
             y = attention(q, k, v, fast=x.is_cuda)
             outs.append(rearrange(y, f'(B {rest}) nh {axis} hd -> B t h w (nh hd)', B=B, t=t, h=h, w=w))
-        y = self.proj(torch.cat(outs, dim=-1))  # (B, t, h, w, D)
-        return rearrange(y, 'B t h w D -> B D t h w')
+        return rearrange(self.proj(torch.cat(outs, dim=-1)), 'B t h w D -> B D t h w')
 
 
 class AttentionResidualBlock(nn.Module):
@@ -177,9 +159,7 @@ class AttentionResidualBlock(nn.Module):
 
     def branch(self, x, pos):
         h = self.conv(x)
-        if self.attn is not None:
-            h = self.attn(h + rearrange(pos, 't h w D -> D t h w'))
-        return h
+        return h if self.attn is None else self.attn(h + rearrange(pos, 't h w D -> D t h w'))
 
 
 class Encoder(nn.Module):
@@ -190,12 +170,9 @@ class Encoder(nn.Module):
         D, n_down = cfg.n_hiddens, [int(math.log2(d)) for d in cfg.downsample]
         # Stage i halves every axis that still needs halving; the first stage reads the video's C channels directly,
         # because a full-resolution conv at width D would cost more than the rest of the encoder together.
-        convs, c_in = [], cfg.in_channels
-        for i in range(max(n_down)):
-            convs.append(down_conv(c_in, D, tuple(2 if i < n else 1 for n in n_down)))
-            c_in = D
-        convs.append(nn.Conv3d(c_in, D, 3, padding=1))  # the only conv when nothing is downsampled
-        self.convs = nn.ModuleList(convs)
+        convs = [down_conv(D if i else cfg.in_channels, D, tuple(2 if i < n else 1 for n in n_down))
+                 for i in range(max(n_down))]  # then a size-keeping conv: the only one when nothing is downsampled
+        self.convs = nn.ModuleList(convs + [nn.Conv3d(D if convs else cfg.in_channels, D, 3, padding=1)])
         self.blocks = nn.ModuleList([AttentionResidualBlock(D, cfg.n_head, cfg.axial_attention)
                                      for _ in range(cfg.n_res_layers)])
         self.out = nn.Sequential(group_norm(D), nn.ReLU())
@@ -218,37 +195,28 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList([AttentionResidualBlock(D, cfg.n_head, cfg.axial_attention)
                                      for _ in range(cfg.n_res_layers)])
         self.norm = nn.Sequential(group_norm(D), nn.ReLU())
-        stages, n = [], max(n_up)
-        for i in range(n):
-            # Upsample the axes whose factor is largest first, so stage i mirrors encoder stage n - 1 - i.
-            stride = tuple(2 if n - i <= m else 1 for m in n_up)
-            stages.append(up_conv(D, cfg.in_channels if i == n - 1 else D, stride))
-        if n == 0:
-            stages.append(nn.Conv3d(D, cfg.in_channels, 3, padding=1))
-        self.convs = nn.ModuleList(stages)
+        n = max(n_up)
+        # Upsample the axes whose factor is largest first, so stage i mirrors encoder stage n - 1 - i.
+        stages = [up_conv(D, cfg.in_channels if i == n - 1 else D, tuple(2 if n - i <= m else 1 for m in n_up))
+                  for i in range(n)]
+        self.convs = nn.ModuleList(stages or [nn.Conv3d(D, cfg.in_channels, 3, padding=1)])
 
     def forward(self, x, pos):
         for block in self.blocks:
             x = block(x, pos)
         x = self.norm(x)
-        for i, conv in enumerate(self.convs):
-            x = conv(x)
-            if i < len(self.convs) - 1:
-                x = F.relu(x)
-        return x
+        for conv in self.convs[:-1]:
+            x = F.relu(conv(x))
+        return self.convs[-1](x)
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # The EMA codebook (van den Oord et al. 2017, appendix A.1)
 
-
 class EMACodebook(nn.Module):
-    """Nearest-neighbour quantiser. (B, E, t, h, w) -> quantised (B, E, t, h, w), codes (B, t, h, w), losses.
-
-    The codebook is buffers, not parameters: no optimizer touches it. In train mode each forward moves every code
-    toward the mean of the encoder outputs assigned to it, by exponential moving averages of the counts N_k and the
-    sums m_k (e_k = m_k / N_k). Eval mode changes no buffer.
-    """
+    """Nearest-neighbour quantiser. (B, E, t, h, w) -> quantised (B, E, t, h, w), codes (B, t, h, w), losses. The
+    codebook is buffers, not parameters: no optimizer touches it. In train mode each forward moves every code toward
+    the mean of its encoder outputs by EMAs of the counts N_k and sums m_k (e_k = m_k / N_k); eval mode changes none."""
 
     def __init__(self, n_codes, dim, decay=0.99, dead_threshold=1.0, eps=1e-5):
         super().__init__()
@@ -261,14 +229,12 @@ class EMACodebook(nn.Module):
 
     def nearest(self, flat):
         """(N, E) fp32 vectors -> (N,) index of the nearest code."""
-        # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; ||z||^2 is the same for every code, so it drops out of the argmin,
-        # and the (N, K, E) difference tensor is never built.
+        # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2, and ||z||^2 drops out of the argmin: no (N, K, E) tensor is built.
         with torch.no_grad():  # an argmin has no gradient: keep the (N, K) distances out of the autograd graph
             return (self.embeddings.pow(2).sum(1) - 2 * flat @ self.embeddings.t()).argmin(1)
 
     def _random_rows(self, z, n):
-        # n rows of z drawn at random (with replacement when z has fewer rows), chosen on rank 0 and broadcast, so
-        # every rank gets the same replacement codes and the buffers stay identical across ranks.
+        # Drawn with replacement, on rank 0 and broadcast: every rank restarts the same codes and buffers stay equal.
         rows = z[torch.randint(0, z.shape[0], (n,), device=z.device)]
         if _is_dist():
             dist.broadcast(rows, 0)
@@ -276,8 +242,7 @@ class EMACodebook(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, z, codes):
-        # Initialise from the first training batch's encoder outputs, so that every code starts in the data's range
-        # (random init far from the data leaves most codes dead from step one).
+        # Start from the first batch's encoder outputs: codes initialised far from the data stay dead from step one.
         if not self.initialized:
             self.embeddings.copy_(self._random_rows(z, self.n_codes))
             self.embed_sum.copy_(self.embeddings)
@@ -294,19 +259,16 @@ class EMACodebook(nn.Module):
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.eps) / (n + self.n_codes * self.eps) * n
         self.embeddings.copy_(self.embed_sum / smoothed[:, None])
-        # Dead codes (EMA count below the threshold: used for less than about one vector per batch lately) restart
-        # from random current encoder outputs, where they can be used again.
+        # Dead codes (EMA count below the threshold: < ~1 vector per batch lately) restart at random encoder outputs.
         dead = self.cluster_size < self.dead_threshold  # identical on every rank: the counts were all-reduced
-        n_dead = int(dead.sum())
-        if n_dead:
-            fresh = self._random_rows(z, n_dead)
+        if dead.any():
+            fresh = self._random_rows(z, int(dead.sum()))
             self.embeddings[dead] = fresh
             self.embed_sum[dead] = fresh * self.dead_threshold
             self.cluster_size[dead] = self.dead_threshold
 
     def forward(self, z):
-        # Distances, assignments and EMA statistics in fp32 even under autocast: bf16 rounding flips nearest-code
-        # decisions and loses the small (1 - decay) updates.
+        # fp32 even under autocast: bf16 rounding flips nearest-code decisions and loses the small (1 - decay) updates.
         with torch.autocast(z.device.type, enabled=False):
             z = z.float()
             flat = rearrange(z, 'B E t h w -> (B t h w) E')
@@ -317,19 +279,16 @@ class EMACodebook(nn.Module):
             quantized = rearrange(quantized, '(B t h w) E -> B E t h w', B=z.shape[0], t=z.shape[2], h=z.shape[3])
             # Commitment loss (VQ-VAE eq. 3, beta applied by the caller): keeps the encoder near its chosen codes.
             commitment = F.mse_loss(z, quantized.detach())
-            # Straight-through estimator: the forward pass uses the code, the backward pass copies the gradient
-            # from the decoder's input to the encoder's output as if quantisation were the identity.
+            # Straight-through: the gradient passes to the encoder's output as if quantisation were the identity.
             quantized = z + (quantized - z).detach()
             probs = torch.bincount(codes, minlength=self.n_codes).float() / codes.numel()
             perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())      # effective number of codes used
             usage = (probs > 0).float().mean()                                     # fraction of codes used at all
-        codes = codes.view(z.shape[0], *z.shape[2:])
-        return quantized, codes, commitment, perplexity, usage
+        return quantized, codes.view(z.shape[0], *z.shape[2:]), commitment, perplexity, usage
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # The VQ-VAE
-
 
 @dataclass
 class VQVAEConfig:
@@ -349,8 +308,7 @@ class VQVAEConfig:
 
     def __post_init__(self):
         self.downsample = tuple(self.downsample)
-        sizes = (self.sequence_length, self.resolution, self.resolution)
-        for d, n, axis in zip(self.downsample, sizes, 'THW'):
+        for d, n, axis in zip(self.downsample, (self.sequence_length, self.resolution, self.resolution), 'THW'):
             if d < 1 or d & (d - 1):
                 raise ValueError(f"downsample factors must be powers of 2, got {self.downsample}")
             if n % d:
@@ -359,26 +317,22 @@ class VQVAEConfig:
 
     @property
     def latent_shape(self):
-        return (self.sequence_length // self.downsample[0], self.resolution // self.downsample[1],
-                self.resolution // self.downsample[2])
+        return tuple(n // d for n, d in zip((self.sequence_length, self.resolution, self.resolution), self.downsample))
 
 
 class VQVAE(nn.Module):
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
         self.config = cfg
-        # The paper's position embeddings are shared by every axial layer of the encoder and the decoder, which all
-        # work at the latent size t x h x w.
+        # The paper's position embeddings, shared by every axial layer of the encoder and decoder (all at t x h x w).
         self.pos = AxisPositionEmbedding(cfg.latent_shape, cfg.n_hiddens)
         self.encoder = Encoder(cfg)
         self.pre_vq = nn.Conv3d(cfg.n_hiddens, cfg.embedding_dim, 1)
         self.codebook = EMACodebook(cfg.n_codes, cfg.embedding_dim, cfg.ema_decay, cfg.dead_code_threshold)
         self.post_vq = nn.Conv3d(cfg.embedding_dim, cfg.n_hiddens, 1)
         self.decoder = Decoder(cfg)
-        # The reconstruction loss is MSE / Var(x), the normalised MSE: 1.0 means "no better than predicting the mean
-        # pixel", whatever the dataset. The original divided by 0.06, a variance measured by hand on its data. We
-        # measure it instead, on the first training batch (hundreds of thousands of pixels: a stable estimate), and
-        # keep it in a buffer so that a reloaded model reports the same loss.
+        # Reconstruction loss MSE / Var(x): 1.0 is "no better than the mean pixel" on any data. Var(x) is measured on
+        # the first training batch, not the original's hand-measured 0.06, and kept in a buffer for reloaded models.
         self.register_buffer('data_variance', torch.tensor(1.0))
         self.register_buffer('variance_set', torch.tensor(False))
 
@@ -418,9 +372,8 @@ class VQVAE(nn.Module):
         quantized, codes, commitment, perplexity, usage = self.codebook(z)
         x_hat = self.decoder(self.post_vq(quantized), pos)                   # (B, C, T, H, W)
         recon = F.mse_loss(x_hat.float(), x.float()) / self.data_variance
-        loss = recon + self.config.beta * commitment
-        return dict(loss=loss, recon_loss=recon, commitment_loss=commitment, perplexity=perplexity,
-                    usage=usage, x_hat=x_hat, codes=codes)
+        return dict(loss=recon + self.config.beta * commitment, recon_loss=recon, commitment_loss=commitment,
+                    perplexity=perplexity, usage=usage, x_hat=x_hat, codes=codes)
 
     @torch.no_grad()
     def encode(self, x):
@@ -441,13 +394,9 @@ class VQVAE(nn.Module):
 # ------------------------------------------------------------------------------------------------------------------
 # Conditioning for the prior (paper section 3.2): a 3D ResNet over the conditioning frames, and conditional LayerNorm
 
-
 class FrameEncoder(nn.Module):
-    """A small 3D ResNet, trained with the prior. (B, C, n_cond_frames, H, W) in [-0.5, 0.5] -> (B, S, D) tokens.
-
-    The paper uses a ResNet-34; three stages that each halve H and W are enough at 64x64, and leave
-    S = n_cond_frames * (H / 8) * (W / 8) tokens for every block to cross-attend to.
-    """
+    """A small 3D ResNet, trained with the prior. (B, C, n_cond_frames, H, W) in [-0.5, 0.5] -> (B, S, D) tokens. Not
+    the paper's ResNet-34: three stages that halve H and W suffice at 64x64, leaving S = n_cond_frames * H/8 * W/8."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -455,12 +404,10 @@ class FrameEncoder(nn.Module):
         # encoder alone would hold 80M parameters. A linear layer lifts its output to the transformer's width.
         D = cfg.frame_width
         self.stem = nn.Conv3d(cfg.frame_channels, D, 3, padding=1)
-        self.stages = nn.ModuleList()
-        for _ in range(3):
-            self.stages.append(nn.ModuleDict(dict(
-                down=down_conv(D, D, (1, 2, 2)),
-                res=nn.Sequential(group_norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1),
-                                  group_norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1)))))
+        self.stages = nn.ModuleList([nn.ModuleDict(dict(
+            down=down_conv(D, D, (1, 2, 2)),
+            res=nn.Sequential(group_norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1),
+                              group_norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1)))) for _ in range(3)])
         self.pos = AxisPositionEmbedding((cfg.n_cond_frames, cfg.frame_size // 8, cfg.frame_size // 8), D)
         self.out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, cfg.n_embd))
 
@@ -475,9 +422,7 @@ class FrameEncoder(nn.Module):
 
 class CondLayerNorm(nn.Module):
     """LayerNorm over D, conditional when cond_dim > 0: gain and bias are affine functions of a (B, cond_dim) vector.
-
-    (B, L, D), cond (B, cond_dim) or None -> (B, L, D). This is the paper's class / action conditioning.
-    """
+    (B, L, D), cond (B, cond_dim) or None -> (B, L, D). This is the paper's class / action conditioning."""
 
     def __init__(self, dim, cond_dim=0):
         super().__init__()
@@ -489,8 +434,7 @@ class CondLayerNorm(nn.Module):
         self.init_identity()
 
     def init_identity(self):
-        # Zero weights, gain bias 1, bias bias 0: at initialisation this is a plain LayerNorm whatever the
-        # condition, so conditioning starts as a no-op and is learned from there.
+        # Zero weights, gain bias 1, bias bias 0: a plain LayerNorm at first, so conditioning starts as a no-op.
         if self.cond_dim:
             for lin, b in ((self.gain, 1.0), (self.bias, 0.0)):
                 nn.init.zeros_(lin.weight)
@@ -505,30 +449,25 @@ class CondLayerNorm(nn.Module):
 # ------------------------------------------------------------------------------------------------------------------
 # The transformer
 
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention, causal or not. (B, L, D) -> (B, L, D); with a cache, L new tokens at `pos`."""
 
     def __init__(self, cfg):
         super().__init__()
-        self.n_head, self.causal, self.fast = cfg.n_head, cfg.causal, cfg.fast_attention
+        self.n_head, self.causal, self.fast, self.dropout = cfg.n_head, cfg.causal, cfg.fast_attention, cfg.attn_dropout
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.dropout = cfg.attn_dropout
 
     def forward(self, x, cache=None, pos=0):
         B, L, D = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, nh, L, hd)
         q, kv = qkv[0], qkv[1:]
         if cache is not None:
-            # KV cache (2, B, nh, L_max, hd): keys and values of earlier positions were written on earlier steps;
-            # write this step's and attend over positions [0, pos + L). A step costs O(pos), not O(full length).
+            # KV cache (2, B, nh, L_max, hd): earlier steps wrote positions < pos. A step costs O(pos), not O(L_max).
             cache[:, :, :, pos:pos + L] = kv
             kv = cache[:, :, :, :pos + L]
         # A single new token may see every cached position, so it needs no mask at all.
-        causal = self.causal and L > 1
-        y = attention(q, kv[0], kv[1], causal=causal, dropout_p=self.dropout if self.training else 0.0,
-                      fast=self.fast)
+        y = attention(q, kv[0], kv[1], self.causal and L > 1, self.dropout if self.training else 0.0, self.fast)
         return self.proj(y.transpose(1, 2).reshape(B, L, D))  # heads side by side again
 
 
@@ -537,11 +476,10 @@ class CrossAttention(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.n_head, self.fast = cfg.n_head, cfg.fast_attention
+        self.n_head, self.fast, self.dropout = cfg.n_head, cfg.fast_attention, cfg.attn_dropout
         self.q = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.kv = nn.Linear(cfg.n_embd, 2 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.dropout = cfg.attn_dropout
 
     def keys_values(self, ctx):
         """(B, S, D) -> (2, B, nh, S, hd). Computed once per sample() call, since the frames do not change."""
@@ -681,30 +619,24 @@ class VideoGPT(nn.Module):
         self.ln_f = CondLayerNorm(cfg.n_embd, cfg.cond_dim)
         self.head = nn.Linear(cfg.n_embd, cfg.n_codes, bias=False)
         self.apply(self._init_weights)
-        for m in self.modules():
-            if isinstance(m, CondLayerNorm):
-                m.init_identity()
+        # GPT-2's scaled init: output projections shrink with depth, so 2 * n_layer branches keep the residual variance.
         for name, p in self.named_parameters():
-            # GPT-2's scaled init: each residual branch's output projection shrinks with depth, so that the sum of
-            # 2 * n_layer branches keeps the residual stream's variance at initialisation.
             if name.endswith(('attn.proj.weight', 'xattn.proj.weight', 'mlp.2.weight')):
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
 
     def _init_weights(self, m):
-        if isinstance(m, nn.Linear):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, 0.0, 0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, CondLayerNorm):  # after its Linears (apply visits children first): undo their init
+            m.init_identity()
 
     # -- inputs ---------------------------------------------------------------------------------------------------
-
     def _check(self, codes=None, frames=None, cond=None, batch=None):
         """Validate the inputs; returns frames and cond (a float (B, cond_dim) vector) in the weights' dtype."""
         cfg = self.config
-        if codes is not None:
-            # masked decoding may pass the [MASK] id K among the codes
+        if codes is not None:  # masked decoding may pass the [MASK] id K among the codes
             check_codes(codes, cfg.latent_shape, cfg.n_codes + (not cfg.causal), ": build the prior with GPTConfig("
                         "n_codes=vqvae.config.n_codes, latent_shape=vqvae.config.latent_shape)")
             batch = codes.shape[0]
@@ -746,14 +678,11 @@ class VideoGPT(nn.Module):
         return [block.xattn.keys_values(ctx) for block in self.blocks]
 
     # -- training -------------------------------------------------------------------------------------------------
-
     def forward(self, codes, frames=None, cond=None, mask=None):
-        """codes (B, t, h, w) -> logits (B, t, h, w, K) and the mean cross-entropy in nats.
-
-        Causal: logits at position i predict code i from codes < i (teacher forcing). Non-causal (masked decoding):
-        the codes at `mask` (B, t, h, w) bool are replaced by [MASK] and the loss covers only them; without a mask,
-        each video draws a task from cfg.tasks and schedule_mask hides some of the tokens that task does not give.
-        """
+        """codes (B, t, h, w) -> logits (B, t, h, w, K) and the mean cross-entropy in nats. Causal: logits at position i
+        predict code i from codes < i (teacher forcing). Non-causal (masked decoding): the codes at `mask` (B, t, h, w)
+        bool are replaced by [MASK] and the loss covers only them; without a mask, each video draws a task from
+        cfg.tasks and schedule_mask hides some of the tokens that task does not give."""
         frames, cond = self._check(codes, frames, cond)
         codes = codes.long()  # int32 codes are accepted; embeddings and the loss take int64
         cfg, B = self.config, codes.shape[0]
@@ -764,17 +693,15 @@ class VideoGPT(nn.Module):
         tokens = rearrange(codes, 'B t h w -> B (t h w)')
         if cfg.causal:
             # Shift right by one: the start token first, the last code never goes in.
-            x = torch.cat([self.sos.expand(B, 1, -1), self.tok_emb(tokens[:, :-1])], dim=1)
-            target = tokens
+            x, target = torch.cat([self.sos.expand(B, 1, -1), self.tok_emb(tokens[:, :-1])], dim=1), tokens
         else:
             if mask is None:  # one task per video, then the schedule masks among the tokens it does not give
                 given = draw_task_masks(cfg.tasks, cfg.latent_shape, B, codes.device)
                 mask = schedule_mask(given, torch.rand(B, device=codes.device))
             else:
                 mask = rearrange(mask, 'B t h w -> B (t h w)')
-            # Given tokens go in as their plain code embeddings. MAGVIT's COMMIT embeds them into [MASK] tokens
-            # instead, to stop the model copying them through; we only ever give real codes of the video, so the
-            # plain, readable choice loses nothing here.
+            # Given tokens go in as plain code embeddings. MAGVIT's COMMIT embeds them into [MASK] tokens to stop the
+            # model copying them through; we only ever give the video's real codes, so the plain choice loses nothing.
             x = self.tok_emb(tokens.masked_fill(mask, cfg.n_codes))
             target = tokens.masked_fill(~mask, -100)  # -100: ignored by cross_entropy, so only masked tokens count
         x = self.drop(x + rearrange(self.pos_emb(), 't h w D -> (t h w) D'))
@@ -788,10 +715,8 @@ class VideoGPT(nn.Module):
         return self.ln_f(x, cond)
 
     # -- sampling -------------------------------------------------------------------------------------------------
-
     def _check_given(self, n, given, given_mask):
-        """(n, L) int64 codes and (n, L) bool of the given tokens, or (None, None). Checks shapes, dtype and range,
-        and that a causal prior is given a raster-order prefix."""
+        """(n, L) int64 codes and (n, L) bool of the given tokens, checked, or (None, None) when nothing is given."""
         if given is None and given_mask is None:
             return None, None
         cfg, shape = self.config, self.config.latent_shape
@@ -816,15 +741,12 @@ class VideoGPT(nn.Module):
     def sample(self, n, frames=None, cond=None, temperature=1.0, top_k=None, top_p=None, generator=None,
                return_logits=False, guidance=1.0, given=None, given_mask=None, steps=None):
         """Draw n code grids (n, t, h, w) int64, one token at a time with a KV cache (causal priors), or by masked
-        parallel decoding (non-causal priors, see sample_masked). frames / cond as in forward, with batch n.
-
-        top_k=1 is greedy decoding. With return_logits, also returns the (n, t, h, w, K) logits of each step.
-        guidance > 1 is classifier-free guidance for priors trained with cond_dropout: logits u + g (c - u) from the
-        conditional (c) and null-condition (u) predictions, which pulls every token toward the condition (frames, if
-        any, condition both). given (n, t, h, w) codes are kept where given_mask (t, h, w) or (n, t, h, w) is True;
-        a causal prior takes only a raster-order prefix there (frame prediction as continuation). steps: forward
-        passes of masked decoding (default 12).
-        """
+        parallel decoding (non-causal priors, see sample_masked). frames / cond as in forward, with batch n. top_k=1 is
+        greedy decoding. With return_logits, also returns the (n, t, h, w, K) logits of each step. guidance > 1 is
+        classifier-free guidance for priors trained with cond_dropout: logits u + g (c - u) from the conditional (c) and
+        null-condition (u) predictions, which pulls every token toward the condition (frames, if any, condition both).
+        given (n, t, h, w) codes are kept where given_mask (t, h, w) or (n, t, h, w) is True; a causal prior takes only
+        a raster-order prefix there (frame prediction as continuation). steps: masked decoding's passes (default 12)."""
         if not self.config.causal:
             if top_k is not None or top_p is not None or return_logits or guidance != 1.0:
                 raise ValueError("top_k, top_p, return_logits and guidance apply to causal priors; masked decoding "
@@ -846,8 +768,7 @@ class VideoGPT(nn.Module):
             frames = None if frames is None else torch.cat([frames, frames])
         was_training = self.training
         self.eval()
-        dev, dtype = self.sos.device, self.sos.dtype
-        hd = cfg.n_embd // cfg.n_head
+        dev, dtype, hd = self.sos.device, self.sos.dtype, cfg.n_embd // cfg.n_head
         caches = [torch.empty(2, n * (1 + guided), cfg.n_head, L, hd, device=dev, dtype=dtype) for _ in self.blocks]
         frame_kv = self._frame_kv(frames)  # the frames' features: computed once, not once per token
         pos_emb = rearrange(self.pos_emb(), 't h w D -> (t h w) D')
@@ -876,12 +797,10 @@ class VideoGPT(nn.Module):
     @torch.no_grad()
     def sample_masked(self, n, frames=None, cond=None, steps=12, temperature=1.0, choice_temperature=4.5,
                       generator=None, given=None, given_mask=None):
-        """Masked parallel decoding (MaskGIT, Chang et al. 2022; MAGVIT, Yu et al. 2023) for causal=False priors.
-
-        Start with every token that is not given as [MASK]. Each of `steps` forward passes samples all masked tokens
-        at once, keeps the most confident and re-masks the rest, so that floor(N cos(pi/2 (s + 1) / steps)) of the
-        N unknown tokens stay masked after step s: none after the last. Given tokens are never changed.
-        """
+        """Masked parallel decoding (MaskGIT, Chang et al. 2022; MAGVIT, Yu et al. 2023) for causal=False priors. Start
+        with every token that is not given as [MASK]. Each of `steps` forward passes samples all masked tokens at once,
+        keeps the most confident and re-masks the rest, so that floor(N cos(pi/2 (s + 1) / steps)) of the N unknown
+        tokens stay masked after step s: none after the last. Given tokens are never changed."""
         if self.config.causal:
             raise ValueError("sample_masked needs a bidirectional prior: build it with GPTConfig(causal=False)")
         if not (isinstance(steps, int) and steps >= 1):
@@ -903,8 +822,7 @@ class VideoGPT(nn.Module):
             logits = self.head(self._trunk(self.tok_emb(tokens) + pos_emb, cond, frame_kv)).float()  # (n, L, K)
             draw = sample_logits(logits.view(n * L, -1), temperature, generator=generator).view(n, L)
             logp = F.log_softmax(logits / max(temperature, 1e-6), -1).gather(-1, draw[..., None])[..., 0]
-            # MaskGIT's confidence: the drawn code's log-probability plus Gumbel noise that anneals to 0, so that
-            # early steps commit to a more varied set of positions than the greedy most-confident ones.
+            # MaskGIT's confidence, log p + Gumbel noise annealed to 0: early steps commit to more varied positions.
             u = torch.rand(n, L, generator=generator, device=dev).clamp_(1e-20, 1 - 1e-7)
             noise = -torch.log(-torch.log(u)) * choice_temperature * (1 - (s + 1) / steps)
             confidence = (logp + noise).masked_fill(~masked, float('inf'))  # decided tokens are never re-masked
@@ -932,8 +850,7 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=Non
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop = cum - sorted_logits.softmax(-1) >= top_p  # tokens entirely beyond the nucleus; the top one stays
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float('-inf'))
-    # Inverse-CDF sampling: the first token whose cumulative probability exceeds u ~ U[0, 1). Same distribution as
-    # torch.multinomial, and a quarter of its cost at these sizes, which matters once per generated token.
+    # Inverse-CDF sampling: torch.multinomial's distribution at a quarter of its cost, paid once per generated token.
     cdf = logits.softmax(-1).cumsum(-1)                                          # (B, K)
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)[:, 0]
@@ -941,7 +858,6 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=Non
 
 # ------------------------------------------------------------------------------------------------------------------
 # Metrics: videos (B, C, T, H, W) in [-0.5, 0.5], one value per video
-
 
 def psnr(a, b):
     """(B,) peak signal-to-noise ratio in dB; the peak-to-peak range is 1."""
@@ -1003,12 +919,10 @@ PRESETS = {
         dict(in_channels=3, downsample=(4, 2, 2), n_res_layers=4, embedding_dim=256, n_codes=1024),
         dict(n_embd=512, n_head=4, n_layer=8, dropout=0.2, n_cond_frames=1, frame_channels=3, cond_dim=64)),
     'ucf101': (  # 16x128x128 RGB -> 4x32x32, class-conditional (101 classes)
-        dict(in_channels=3, resolution=128, downsample=(4, 4, 4), n_res_layers=4, embedding_dim=256,
-             n_codes=1024),
+        dict(in_channels=3, resolution=128, downsample=(4, 4, 4), n_res_layers=4, embedding_dim=256, n_codes=1024),
         dict(n_embd=1024, n_head=8, n_layer=20, dropout=0.2, cond_dim=101)),
-    # Both stages on a 2-core CPU in minutes: 8 frames of one-digit Moving MNIST -> 8x8x8 codes, a class-conditional
-    # prior. No time downsampling (codes that mix motion drew scribbles), 64 codes (a larger book spread the black
-    # background over many codes). The settings tried are in benchmarks/RESULTS.md.
+    # Both stages on a 2-core CPU in minutes: 8 frames of one digit -> 8x8x8 codes, a class-conditional prior. No time
+    # downsampling (codes mixing motion drew scribbles), 64 codes (more spread the black background; RESULTS.md).
     'demo': (dict(sequence_length=8, downsample=(1, 8, 8), n_hiddens=64, n_res_layers=1, n_codes=64),
              dict(n_embd=128, n_head=4, n_layer=4, dropout=0.0, cond_dim=10, cond_dropout=0.1)),
 }
@@ -1024,14 +938,12 @@ def preset_configs(name):
     """(VQVAEConfig, GPTConfig) of a preset, with the prior fitted to the VQ-VAE's codes."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
-    vq_kw, gpt_kw = PRESETS[name]
-    vcfg = VQVAEConfig(**vq_kw)
-    return vcfg, fit_prior(GPTConfig(**gpt_kw), vcfg)
+    vcfg = VQVAEConfig(**PRESETS[name][0])
+    return vcfg, fit_prior(GPTConfig(**PRESETS[name][1]), vcfg)
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # Training: one loop for both stages, in plain PyTorch
-
 
 @dataclass
 class TrainConfig:
@@ -1147,12 +1059,10 @@ def set_rng_state(states, rank, device):
 
 def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg):
     """(step, log) to start from: a fresh run, or the checkpoint's state loaded into model, opt and scaler."""
-    if not os.path.exists(ckpt_path):
-        return 0, []
-    if not (tcfg.resume or tcfg.overwrite):  # never replace a run without being asked
+    if os.path.exists(ckpt_path) and not (tcfg.resume or tcfg.overwrite):  # never replace a run without being asked
         raise FileExistsError(f"{ckpt_path} exists: pass --resume true to continue that run, --overwrite true to "
                               "start over, or another --out-dir")
-    if not tcfg.resume:
+    if not (tcfg.resume and os.path.exists(ckpt_path)):
         return 0, []
     ckpt = load_checkpoint(ckpt_path, kind)
     saved = asdict(type(model_cfg)(**ckpt['config']))  # through the dataclass: lists become tuples again
@@ -1160,9 +1070,8 @@ def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg):
     if changed:  # a size mismatch deep in load_state_dict would not say which setting differs
         raise ValueError(f"--resume: {ckpt_path} was trained with {changed}: resume with those settings, or "
                          "pass --overwrite true to start over")
-    model.load_state_dict(ckpt['model'])
-    opt.load_state_dict(ckpt['optimizer'])
-    scaler.load_state_dict(ckpt['scaler'])
+    for obj, key in ((model, 'model'), (opt, 'optimizer'), (scaler, 'scaler')):
+        obj.load_state_dict(ckpt[key])
     set_rng_state(ckpt['rng'], dist.get_rank() if _is_dist() else 0, next(model.parameters()).device)
     print(f"resumed {ckpt_path} at step {ckpt['step']}")
     return ckpt['step'], ckpt['log']
@@ -1170,10 +1079,8 @@ def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg):
 
 def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=None, on_log=None):
     """Train `model` with loss = step_fn(model, batch)[0]; checkpoints, logs and samples go to tcfg.out_dir.
-
-    step_fn(model, batch) -> (loss, metrics dict); on_sample(model, step) writes pictures; on_log(log) runs after
-    each logged step (a live plot). tcfg.out_dir='' writes no files at all. Returns the model.
-    """
+    step_fn(model, batch) -> (loss, metrics dict); on_sample(model, step) writes pictures; on_log(log) runs after each
+    logged step (a live plot). tcfg.out_dir='' writes no files at all. Returns the model."""
     from tqdm import tqdm
     device, rank, world, dtype, use_scaler = setup_device()
     files = rank == 0 and bool(tcfg.out_dir)  # only rank 0 writes, and only when there is a folder
@@ -1186,14 +1093,12 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
         os.makedirs(tcfg.out_dir, exist_ok=True)
         with open(os.path.join(tcfg.out_dir, 'metrics.jsonl'), 'w') as f:
             f.writelines(json.dumps(row) + '\n' for row in log)
-    # DDP averages gradients; the codebook's buffers are kept identical by its own all-reduce, so DDP must not
-    # overwrite them with rank 0's copy (broadcast_buffers=False).
+    # DDP averages gradients; the codebook all-reduces its own buffers, so DDP must not overwrite them with rank 0's.
     fwd = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
     fwd = torch.compile(fwd) if tcfg.compile else fwd
     data_iter = data.batches(dataset, tcfg, step, rank)  # batch s depends on (seed, s, rank) only: resumable
-    bar = tqdm(total=tcfg.steps, initial=step, disable=rank != 0, desc=kind)
     t0 = time.time()
-    with contextlib.closing(bar):
+    with tqdm(total=tcfg.steps, initial=step, disable=rank != 0, desc=kind) as bar:
         while step < tcfg.steps:
             model.train()
             batch = {k: v.to(device, non_blocking=True) for k, v in next(data_iter).items()}
@@ -1257,23 +1162,18 @@ def train_vqvae(vcfg, tcfg, dataset=None):
 def gpt_inputs(gcfg, batch):
     """The prior's conditioning from a batch: the first frames of the clip and / or its actions or label."""
     frames = batch['video'][:, :, :gcfg.n_cond_frames] if gcfg.n_cond_frames else None
-    cond = None
-    if gcfg.cond_dim:
-        if not {'actions', 'label'} & set(batch):
-            raise ValueError(f"the prior is vector-conditioned (cond_dim={gcfg.cond_dim}) but the dataset's items hold "
-                             "neither 'actions' nor 'label': use BAIR, class folders, or Moving MNIST with "
-                             "--n-digits 1 (labelled by its digit), or set --cond-dim 0")
-        cond = batch['actions'] if 'actions' in batch else batch['label']
-    return frames, cond
+    if gcfg.cond_dim and not {'actions', 'label'} & set(batch):
+        raise ValueError(f"the prior is vector-conditioned (cond_dim={gcfg.cond_dim}) but the dataset's items hold "
+                         "neither 'actions' nor 'label': use BAIR, class folders, or Moving MNIST with "
+                         "--n-digits 1 (labelled by its digit), or set --cond-dim 0")
+    return frames, (batch.get('actions', batch.get('label')) if gcfg.cond_dim else None)  # actions win over a label
 
 
 def train_gpt(gcfg, tcfg, dataset=None):
     """Stage 2: train the prior on the codes of a frozen VQ-VAE (tcfg.vqvae); writes ckpt.pt and samples.gif."""
-    vqvae = load_model(tcfg.vqvae, 'vqvae')
-    # Frozen explicitly: eval mode (the codebook's EMA never moves), no gradients, encoding under no_grad.
-    vqvae.requires_grad_(False)
     device = setup_device()[0]
-    vqvae.to(device)
+    # Frozen explicitly: eval mode (the codebook's EMA never moves), no gradients, encoding under no_grad.
+    vqvae = load_model(tcfg.vqvae, 'vqvae').requires_grad_(False).to(device)
     vcfg = vqvae.config
     fitted, keys = fit_prior(gcfg, vcfg), ('n_codes', 'latent_shape') + ('frame_channels', 'frame_size') * bool(
         gcfg.n_cond_frames)  # the frames come from the VQ-VAE's videos
@@ -1309,7 +1209,6 @@ def train_gpt(gcfg, tcfg, dataset=None):
 
 # ------------------------------------------------------------------------------------------------------------------
 # Sampling to files, and the command line
-
 
 def find_vqvae(gpt_path, vqvae_path=''):
     """The VQ-VAE checkpoint of a prior: vqvae_path if given, else the one it was trained on, looked up relative to
@@ -1363,17 +1262,13 @@ def _strict_bool(text):
 
 def _add_dataclass_args(parser, cls, skip=()):
     """One --flag per dataclass field, so the command line can override every hyper-parameter."""
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        flag, kind = '--' + f.name.replace('_', '-'), type(f.default)
-        if kind is bool:
-            parser.add_argument(flag, type=_strict_bool, default=None, metavar='BOOL')
-        elif kind is tuple:  # downsample: exactly 3 ints; tasks: any number of names
+    for f in (fld for fld in fields(cls) if fld.name not in skip):
+        kind = type(f.default)
+        kw = dict(type=_strict_bool, metavar='BOOL') if kind is bool else dict(type=kind)
+        if kind is tuple:  # downsample: exactly 3 ints; tasks: any number of names
             named = isinstance(f.default[0], str)
-            parser.add_argument(flag, type=str if named else int, nargs='+' if named else len(f.default), default=None)
-        else:
-            parser.add_argument(flag, type=kind, default=None)
+            kw = dict(type=str if named else int, nargs='+' if named else len(f.default))
+        parser.add_argument('--' + f.name.replace('_', '-'), default=None, **kw)
 
 
 def _fill(cfg, args):
@@ -1387,8 +1282,7 @@ def _sample_inputs(args):
     dataset split, by default the prior's training dataset), actions from a .npy file, labels from --labels."""
     ckpt = load_checkpoint(args.gpt)
     gcfg, vcfg = GPTConfig(**ckpt['config']), VQVAEConfig(**load_checkpoint(args.vqvae)['config'])
-    source = args.from_ or args.frames_from
-    batch = {}
+    source, batch = args.from_ or args.frames_from, {}
     if gcfg.n_cond_frames and not source:
         sys.exit("this prior is frame-conditioned: pass --frames-from val|train|VIDEO_FILE")
     if source and os.path.isfile(source):
@@ -1398,8 +1292,8 @@ def _sample_inputs(args):
             sys.exit(f"{source} has {clip.shape[1]} frames; the VQ-VAE encodes {vcfg.sequence_length}")
         batch['video'] = clip[None, :, :vcfg.sequence_length].expand(args.n, -1, -1, -1, -1)
     elif source:
-        tc = TrainConfig(**dict(ckpt.get('train_config', {}), **{k: getattr(args, k) for k in
-                                                                 ('dataset', 'data_dir', 'mnist_dir') if getattr(args, k)}))
+        given = {k: getattr(args, k) for k in ('dataset', 'data_dir', 'mnist_dir') if getattr(args, k)}
+        tc = TrainConfig(**dict(ckpt.get('train_config', {}), **given))  # the prior's training data unless overridden
         ds = data.make_dataset(tc, vcfg.sequence_length, vcfg.resolution, train=source == 'train')
         batch = torch.utils.data.default_collate([ds[i] for i in range(args.n)])
     if gcfg.cond_dim and args.actions:
@@ -1428,15 +1322,14 @@ def demo(args):
     vcfg, gcfg = preset_configs('demo')
     # One digit per video, whose class conditions the prior: two digits drew scribbles in CPU minutes (RESULTS.md).
     common = dict(dataset='mnist', mnist_dir=args.mnist_dir, n_digits=1, num_workers=0, log_every=50, warmup=100,
-                  overwrite=True)
+                  overwrite=True, batch_size=8)
     t0 = time.time()
-    train_vqvae(vcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'vqvae'), steps=args.vqvae_steps, batch_size=8,
-                                  lr=1e-3, sample_every=args.vqvae_steps, ckpt_every=args.vqvae_steps, **common))
+    train_vqvae(vcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'vqvae'), steps=args.vqvae_steps, lr=1e-3,
+                                  sample_every=args.vqvae_steps, ckpt_every=args.vqvae_steps, **common))
     vq_path, gpt_path = (os.path.join(args.out_dir, stage, 'ckpt.pt') for stage in ('vqvae', 'gpt'))
     # lr 6e-3, not 2e-3: the zero-initialised class pathway learns faster; samples read as their digit more often.
-    train_gpt(gcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'gpt'), steps=args.gpt_steps, batch_size=8,
-                                lr=6e-3, sample_every=args.gpt_steps, ckpt_every=args.gpt_steps, vqvae=vq_path,
-                                **common))
+    train_gpt(gcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'gpt'), steps=args.gpt_steps, lr=6e-3,
+                                sample_every=args.gpt_steps, ckpt_every=args.gpt_steps, vqvae=vq_path, **common))
     out = os.path.join(args.out_dir, 'samples.gif')
     # Two videos of each digit, 0-9 across each row; temperature 0.8 and guidance 3 for steadier, truer digits.
     sample_videos(gpt_path, n=20, out=out, cond=torch.arange(20) % 10, temperature=0.8, guidance=3.0, nrow=10)
@@ -1466,14 +1359,12 @@ def main(argv=None):
     s.add_argument('--from', dest='from_', metavar='VIDEO', help="with --task: a video file, or val / train")
     s.add_argument('--n-given', type=int, default=1, help="latent frames given by --task fp")
     s.add_argument('--steps', type=int, help="forward passes of masked decoding (default 12)")
-    s.add_argument('--n', type=int, default=8)
     s.add_argument('--out', default='samples.gif', help=".gif or .mp4")
-    s.add_argument('--temperature', type=float, default=1.0)
-    s.add_argument('--top-k', type=int)
-    s.add_argument('--top-p', type=float)
+    for flag, kind, default in (('--n', int, 8), ('--temperature', float, 1.0), ('--top-k', int, None),
+                                ('--top-p', float, None), ('--seed', int, 0)):
+        s.add_argument(flag, type=kind, default=default)
     s.add_argument('--guidance', type=float, default=1.0, help="classifier-free guidance scale for priors trained "
                    "with --cond-dropout (1: none)")
-    s.add_argument('--seed', type=int, default=0)
     s.add_argument('--frames-from', help="conditioning frames: 'val' / 'train' (a dataset split) or a video file")
     s.add_argument('--actions', help="a .npy of actions (n, T, 4) or (T, 4), for action-conditioned priors")
     s.add_argument('--labels', type=int, nargs='+', help="class labels, cycled over the n videos, for "
@@ -1481,12 +1372,9 @@ def main(argv=None):
     for flag in ('--dataset', '--data-dir', '--mnist-dir'):  # default: the dataset the prior was trained on
         s.add_argument(flag, default='')
     d = sub.add_parser('demo', help="train both stages on Moving MNIST on a CPU (<10 min), write samples.gif")
-    d.add_argument('--out-dir', default='runs/demo')
-    d.add_argument('--mnist-dir', default='')
-    d.add_argument('--vqvae-steps', type=int, default=400)
-    d.add_argument('--gpt-steps', type=int, default=1300)
+    for name, default in dict(out_dir='runs/demo', mnist_dir='', vqvae_steps=400, gpt_steps=1300).items():
+        d.add_argument('--' + name.replace('_', '-'), type=type(default), default=default)
     args = p.parse_args(argv)
-
     if args.cmd in ('train-vqvae', 'train-gpt'):
         vcfg, gcfg = preset_configs(args.preset)
         try:  # a value the configs refuse (--steps 0) is a usage error, not a traceback
@@ -1495,12 +1383,11 @@ def main(argv=None):
             p.error(str(e))
         if args.cmd == 'train-vqvae':
             train_vqvae(_fill(vcfg, args), tcfg)
+        elif not tcfg.vqvae:
+            p.error("train-gpt needs --vqvae PATH/ckpt.pt (from train-vqvae)")
         else:
-            if not tcfg.vqvae:
-                p.error("train-gpt needs --vqvae PATH/ckpt.pt (from train-vqvae)")
             vcfg = VQVAEConfig(**load_checkpoint(tcfg.vqvae, 'vqvae')['config'])
-            gcfg = _fill(fit_prior(gcfg, vcfg), args)  # the prior models the codes of this VQ-VAE
-            train_gpt(gcfg, tcfg)
+            train_gpt(_fill(fit_prior(gcfg, vcfg), args), tcfg)  # the prior models the codes of this VQ-VAE
     elif args.cmd == 'sample':
         if os.path.splitext(args.out)[1].lower() not in ('.gif', '.mp4', '.png'):  # before the sampling work
             p.error(f"--out {args.out}: write a .gif, .mp4 or .png")
