@@ -169,6 +169,25 @@ def load_mnist(mnist_dir=None, split='train', download=True, fallback=True, cach
     return (*render_font_digits(10_000), FALLBACK_SOURCE)
 
 
+HELD_OUT_FRACTION = 0.1  # of the training split's digits, held out when MNIST's test split is not there
+
+
+def mnist_digits(mnist_dir=None, train=True, download=True):
+    """(images, labels, source) for Moving MNIST, split so that held-out videos never show a digit seen in training:
+    training takes the first 90% of MNIST's training digits; held-out videos take MNIST's test split if it is there,
+    else the remaining 10%."""
+    if not train:
+        try:
+            return load_mnist(mnist_dir, 'test', download=download, fallback=False)
+        except (FileNotFoundError, RuntimeError):
+            pass  # no test split: the held-out slice of the training split
+    images, labels, source = load_mnist(mnist_dir, 'train', download=download)
+    n = len(images) - max(1, round(len(images) * HELD_OUT_FRACTION))
+    if train:
+        return images[:n], labels[:n], f'{source}, digits 0-{n - 1} (the last {len(images) - n} are held out)'
+    return images[n:], labels[n:], f'{source}, digits {n}-{len(images) - 1}, held out from training'
+
+
 def render_font_digits(n, seed=0):
     """(images uint8 (n, 28, 28), labels int64 (n,)): digits 0-9 in matplotlib's bundled DejaVu fonts, NOT MNIST.
 
@@ -640,7 +659,7 @@ def make_dataset(tcfg, n_frames, resolution, train=True):
     """The dataset named by tcfg.dataset (a videogpt.TrainConfig: dataset, data_dir, mnist_dir, n_digits, seed),
     yielding dicts with 'video' (C, T, H, W) in [-0.5, 0.5]."""
     if tcfg.dataset == 'mnist':
-        digits, labels, source = load_mnist(tcfg.mnist_dir or None)
+        digits, labels, source = mnist_digits(tcfg.mnist_dir or None, train)
         print(f"Moving MNIST from {source}")
         # one digit per video: its class is a 'label', for class-conditional priors (GPTConfig.cond_dim=10)
         return MovingMNIST(digits, n_frames=n_frames, n_digits=tcfg.n_digits, seed=tcfg.seed + (not train),

@@ -1252,6 +1252,21 @@ def test_data_moving_mnist_shapes_range_determinism():
     assert batch['video'].shape == (4, 1, 12, 64, 64)
 
 
+def test_data_held_out_moving_mnist_never_shows_a_training_digit(tmp_path):
+    images, labels = data.render_font_digits(60)
+    _data_write_idx(tmp_path / 'train-images-idx3-ubyte.gz', images, 2051)
+    _data_write_idx(tmp_path / 'train-labels-idx1-ubyte.gz', labels.astype('uint8'), 2049)
+    tc = vg.TrainConfig(mnist_dir=str(tmp_path), n_digits=1)
+    train, held = data.make_dataset(tc, 4, 64), data.make_dataset(tc, 4, 64, train=False)
+    assert len(train.digits) == 54 and np.array_equal(held.digits, images[54:])  # the last 10%, never trained on
+    assert np.array_equal(train.digits, images[:54])
+    # with MNIST's test split in the folder, held-out videos come from it
+    test_images = 255 - images[:7]
+    _data_write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', test_images, 2051)
+    _data_write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', labels[:7].astype('uint8'), 2049)
+    assert np.array_equal(data.make_dataset(tc, 4, 64, train=False).digits, test_images)
+
+
 def test_data_moving_mnist_labels_name_the_digit_shown():
     digits = np.stack([np.full((28, 28), 20 * (i + 1), np.uint8) for i in range(5)])  # digit i has intensity 20(i+1)
     labels = np.array([7, 3, 9, 0, 3])

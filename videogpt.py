@@ -1333,7 +1333,7 @@ def demo(args):
     out = os.path.join(args.out_dir, 'samples.gif')
     # Two videos of each digit, 0-9 across each row; temperature 0.8 and guidance 3 for steadier, truer digits.
     sample_videos(gpt_path, n=20, out=out, cond=torch.arange(20) % 10, temperature=0.8, guidance=3.0, nrow=10)
-    # Held-out numbers: videos from another seed than training saw.
+    # Held-out numbers: videos of digits that training never saw (data.mnist_digits).
     held_out = data.make_dataset(TrainConfig(mnist_dir=args.mnist_dir, n_digits=1), vcfg.sequence_length,
                                  vcfg.resolution, train=False)
     batch = torch.utils.data.default_collate([held_out[i] for i in range(64)])

@@ -63,7 +63,7 @@ def quality(args):
         if prior.config.latent_shape != vqvae.config.latent_shape or prior.config.n_codes != vqvae.config.n_codes:
             raise SystemExit("both priors must model this VQ-VAE's codes")
     vcfg, t = vqvae.config, vqvae.config.latent_shape[0]
-    digits, labels, source = data.load_mnist(args.mnist_dir or None)
+    digits, labels, source = data.mnist_digits(args.mnist_dir or None, train=False)  # digits held out from training
     held_out = data.MovingMNIST(digits, n_frames=vcfg.sequence_length, n_digits=1, seed=1, labels=labels)
     batch = torch.utils.data.default_collate([held_out[i] for i in range(args.n)])
     video, label = batch['video'], batch['label']
