@@ -822,15 +822,14 @@ def save_video_grid(video, path=None, fps=4, nrow=None, mark=None):
 
 def plot_metrics(path, log):
     """The loss curve of a training log (rows with 'step' and 'loss') as a PNG."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    # A Figure of its own, not pyplot: switching pyplot's backend here would stop a notebook's plots from showing.
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot([r['step'] for r in log], [r['loss'] for r in log])
     ax.set(xlabel='step', ylabel='loss', yscale='log')
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------------------------

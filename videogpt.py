@@ -1098,7 +1098,8 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
     fwd = torch.compile(fwd) if tcfg.compile else fwd
     data_iter = data.batches(dataset, tcfg, step, rank)  # batch s depends on (seed, s, rank) only: resumable
     t0 = time.time()
-    with tqdm(total=tcfg.steps, initial=step, disable=rank != 0, desc=kind) as bar:
+    # disable=None: a bar on terminals only, not hundreds of lines in notebooks and logs; rank 0 only
+    with tqdm(total=tcfg.steps, initial=step, disable=None if rank == 0 else True, desc=kind) as bar:
         while step < tcfg.steps:
             model.train()
             batch = {k: v.to(device, non_blocking=True) for k, v in next(data_iter).items()}
