@@ -600,6 +600,56 @@ def test_complete_video_keeps_the_given_region_and_maps_it_to_pixels():
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# Videos longer than the window
+
+
+def _greedy_window(g, codes, p, cond=None):
+    """Greedy decoding by full forward passes of the tokens after the first p of one window (n, t, h, w)."""
+    codes = codes.clone().view(len(codes), -1)
+    for i in range(p, codes.shape[1]):
+        logits, _ = g(codes.view(len(codes), *g.config.latent_shape), cond=cond)
+        codes[:, i] = logits.view(len(codes), codes.shape[1], -1)[:, i].argmax(-1)
+    return codes.view(len(codes), *g.config.latent_shape)
+
+
+def test_long_sampling_slides_one_latent_frame_at_a_time():
+    g = tiny_gpt(latent_shape=(3, 2, 2), cond_dim=3).eval()  # windows of 3 latent frames of 4 tokens
+    cond = torch.randn(2, 3)
+    long = g.sample(2, cond=cond, top_k=1, n_latent_frames=6)
+    assert long.shape == (2, 6, 2, 2) and long.dtype == torch.int64 and 0 <= long.min() and long.max() < 16
+    assert torch.equal(long[:, :3], _greedy_window(g, torch.zeros(2, 3, 2, 2, dtype=torch.long), 0, cond))
+    for s in range(1, 4):  # each slide: the previous 2 frames given, the third greedy by full forward passes
+        assert torch.equal(long[:, s:s + 3], _greedy_window(g, long[:, s:s + 3], 8, cond)), s
+    draw = lambda seed: g.sample(2, cond=cond, n_latent_frames=5, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(draw(0), draw(0)) and not torch.equal(draw(0), draw(1))
+    masked = tiny_gpt(latent_shape=(3, 2, 2), causal=False, tasks=('fp',)).eval()
+    assert masked.sample(2, n_latent_frames=5, steps=2).shape == (2, 5, 2, 2)
+    _raises(ValueError, 'at least 2 latent frames', lambda: tiny_gpt(latent_shape=(1, 2, 2)).sample(1, n_latent_frames=3))
+    _raises(ValueError, 'and at least 3 frames', lambda: g.sample(1, cond=cond[:1], n_latent_frames=2))
+
+
+def test_decode_long_stitches_the_most_central_window_frames():
+    vq = tiny_vqvae().eval()  # windows of 2 latent frames, each 2 pixel frames
+    codes = torch.randint(0, 32, (2, 5, 4, 4))
+    with torch.no_grad():
+        video = vq.decode(codes)
+        assert video.shape == (2, 1, 10, 8, 8)
+        # windows start at 0, 1, 2, 3; frame i sits equally central in the windows at i - 1 and i: the earlier wins
+        for i in range(5):
+            s = max(0, i - 1)
+            window = vq.decode(codes[:, s:s + 2])
+            torch.testing.assert_close(video[:, :, 2 * i:2 * i + 2], window[:, :, 2 * (i - s):2 * (i - s) + 2])
+        # windows of 4 latent frames over 9 start at 0, 2, 4 and 5 (the last one aligned to the end)
+        vq4, codes = tiny_vqvae(sequence_length=8).eval(), torch.randint(0, 32, (1, 9, 4, 4))
+        video = vq4.decode(codes)
+        for i, s in enumerate([0, 0, 0, 2, 2, 4, 4, 5, 5]):  # the window in which frame i is most central
+            window = vq4.decode(codes[:, s:s + 4])
+            torch.testing.assert_close(video[:, :, 2 * i:2 * i + 2], window[:, :, 2 * (i - s):2 * (i - s) + 2])
+        torch.testing.assert_close(vq.decode(codes[:, :2]), vq.decoder(vq.post_vq(
+            vq.codebook.embeddings[codes[:, :2]].permute(0, 4, 1, 2, 3)), vq.pos()))
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # Metrics
 
 
@@ -1035,6 +1085,11 @@ def test_command_line_train_both_stages_then_sample(tmp_path, mnist_dir):
     import imageio.v3 as iio
     frames = iio.imread(tmp_path / 's.gif')
     assert frames.shape[0] == 8  # one GIF frame per video frame of the demo preset
+    _cli('sample', '--gpt', tmp_path / 'gpt' / 'ckpt.pt', '--n', 2, '--out', tmp_path / 'long.gif', '--labels', 1,
+         '--frames', 13)  # longer than the 8-frame window: the prior slides, the decoder stitches windows
+    assert iio.imread(tmp_path / 'long.gif').shape[0] == 13
+    with pytest.raises(SystemExit):
+        vg.main(['sample', '--gpt', str(tmp_path / 'gpt' / 'ckpt.pt'), '--frames', '5', '--labels', '1'])
 
 
 def test_sample_command_with_frames_from_a_video_file_and_an_actions_file(tmp_path):

@@ -385,10 +385,28 @@ class VQVAE(nn.Module):
         return codes.view(x.shape[0], *self.config.latent_shape)
 
     def decode(self, codes):
-        """codes (B, t, h, w) int64 -> video (B, C, T, H, W), roughly in [-0.5, 0.5]."""
+        """codes (B, t, h, w) int64 -> video (B, C, T, H, W), roughly in [-0.5, 0.5]; longer codes: decode_long."""
+        t = self.config.latent_shape[0]
+        if torch.is_tensor(codes) and codes.ndim == 4 and codes.shape[1] > t:
+            return self.decode_long(codes)
         check_codes(codes, self.config.latent_shape, self.config.n_codes)
         quantized = rearrange(F.embedding(codes, self.codebook.embeddings), 'B t h w E -> B E t h w')
         return self.decoder(self.post_vq(quantized), self.pos())
+
+
+    def decode_long(self, codes):
+        """codes (B, t', h, w) with t' > t -> (B, C, t' * d, H, W): windows of t latent frames, half-overlapping, each
+        frame taken from the window in which it sits most centrally, where the axial attention sees context on both
+        sides (a window's edge frames would show seams)."""
+        t, d = self.config.latent_shape[0], self.config.downsample[0]
+        n = codes.shape[1]
+        starts = sorted(set(range(0, n - t, max(1, t // 2))) | {n - t})
+        windows = [self.decode(codes[:, s:s + t]) for s in starts]
+        frames = []
+        for i in range(n):  # the window whose centre is nearest latent frame i
+            k = min((k for k, s in enumerate(starts) if s <= i < s + t), key=lambda k: abs(starts[k] + (t - 1) / 2 - i))
+            frames.append(windows[k][:, :, (i - starts[k]) * d:(i - starts[k] + 1) * d])
+        return torch.cat(frames, dim=2)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -739,14 +757,19 @@ class VideoGPT(nn.Module):
 
     @torch.no_grad()
     def sample(self, n, frames=None, cond=None, temperature=1.0, top_k=None, top_p=None, generator=None,
-               return_logits=False, guidance=1.0, given=None, given_mask=None, steps=None):
+               return_logits=False, guidance=1.0, given=None, given_mask=None, steps=None, n_latent_frames=None):
         """Draw n code grids (n, t, h, w) int64, one token at a time with a KV cache (causal priors), or by masked
         parallel decoding (non-causal priors, see sample_masked). frames / cond as in forward, with batch n. top_k=1 is
         greedy decoding. With return_logits, also returns the (n, t, h, w, K) logits of each step. guidance > 1 is
         classifier-free guidance for priors trained with cond_dropout: logits u + g (c - u) from the conditional (c) and
         null-condition (u) predictions, which pulls every token toward the condition (frames, if any, condition both).
         given (n, t, h, w) codes are kept where given_mask (t, h, w) or (n, t, h, w) is True; a causal prior takes only
-        a raster-order prefix there (frame prediction as continuation). steps: masked decoding's passes (default 12)."""
+        a raster-order prefix there (frame prediction as continuation). steps: masked decoding's passes (default 12).
+        n_latent_frames > t: a longer video, in windows of t latent frames (sample_long)."""
+        if n_latent_frames not in (None, self.config.latent_shape[0]):
+            return self.sample_long(n, n_latent_frames, frames, cond, temperature=temperature, top_k=top_k, top_p=top_p,
+                                    generator=generator, guidance=guidance, given=given, given_mask=given_mask,
+                                    steps=steps)
         if not self.config.causal:
             if top_k is not None or top_p is not None or return_logits or guidance != 1.0:
                 raise ValueError("top_k, top_p, return_logits and guidance apply to causal priors; masked decoding "
@@ -793,6 +816,24 @@ class VideoGPT(nn.Module):
         self.train(was_training)
         codes = codes.view(n, *cfg.latent_shape)
         return (codes, all_logits.view(*codes.shape, -1)) if return_logits else codes
+
+    @torch.no_grad()
+    def sample_long(self, n, n_latent_frames, frames=None, cond=None, **sampling):
+        """(n, n_latent_frames, h, w) codes, more latent frames than the prior's window t: sample the first window as
+        sample() does, then slide by one latent frame at a time, giving the last t - 1 frames and sampling one new
+        one (TATS's sliding window). The context is re-encoded in one chunked pass per slide rather than kept in the KV
+        cache: its position embeddings shift by one frame at every slide. frames and cond condition every window."""
+        t, shape = self.config.latent_shape[0], self.config.latent_shape
+        if t < 2 or n_latent_frames < t:
+            raise ValueError(f"n_latent_frames={n_latent_frames}: sliding needs a prior of at least 2 latent frames "
+                             f"(this one has {t}) and at least {t} frames")
+        codes = self.sample(n, frames, cond, **sampling)
+        out, context = [codes], task_mask('fp', shape, n_given=t - 1)
+        sampling.update(given=None, given_mask=None)  # given tokens apply to the first window only
+        for _ in range(n_latent_frames - t):
+            codes = self.sample(n, frames, cond, **dict(sampling, given=codes.roll(-1, dims=1), given_mask=context))
+            out.append(codes[:, -1:])  # roll: the last t - 1 frames move to the front; the wrapped one is replaced
+        return torch.cat(out, dim=1)
 
     @torch.no_grad()
     def sample_masked(self, n, frames=None, cond=None, steps=12, temperature=1.0, choice_temperature=4.5,
@@ -1361,6 +1402,7 @@ def main(argv=None):
     s.add_argument('--n-given', type=int, default=1, help="latent frames given by --task fp")
     s.add_argument('--steps', type=int, help="forward passes of masked decoding (default 12)")
     s.add_argument('--out', default='samples.gif', help=".gif or .mp4")
+    s.add_argument('--frames', type=int, help="pixel frames per video, more than the VQ-VAE's window: slides")
     for flag, kind, default in (('--n', int, 8), ('--temperature', float, 1.0), ('--top-k', int, None),
                                 ('--top-p', float, None), ('--seed', int, 0)):
         s.add_argument(flag, type=kind, default=default)
@@ -1395,8 +1437,15 @@ def main(argv=None):
         if bool(args.task) != bool(args.from_):
             p.error("--task and --from go together: --task fp --from clip.mp4 (or --from val)")
         args.vqvae = find_vqvae(args.gpt, args.vqvae)
-        videos, frames, cond = _sample_inputs(args)
         sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance=args.guidance)
+        if args.frames:
+            vcfg = VQVAEConfig(**load_checkpoint(args.vqvae, 'vqvae')['config'])
+            T, d = vcfg.sequence_length, vcfg.downsample[0]
+            if args.frames % d or args.frames < T or args.task:
+                p.error(f"--frames {args.frames}: give a multiple of the VQ-VAE's time downsampling ({d}), at least "
+                        f"its {T} frames, and no --task")
+            sampling['n_latent_frames'] = args.frames // d
+        videos, frames, cond = _sample_inputs(args)
         if args.task:
             _complete_command(args, videos, frames, cond, sampling)
         else:
