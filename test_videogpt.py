@@ -675,6 +675,39 @@ def test_ssim_agrees_with_scikit_image():
     torch.testing.assert_close(vg.ssim(a, b).double(), torch.tensor(ref, dtype=torch.float64), atol=1e-4, rtol=0)
 
 
+def test_frechet_distance_closed_forms():
+    a = torch.randn(400, 6, generator=torch.Generator().manual_seed(0))
+    assert abs(vg.frechet_distance(a, a)) < 1e-9  # identical sets
+    shift = torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0, 1.0])
+    assert vg.frechet_distance(a, a + shift) == pytest.approx(shift.square().sum().item(), rel=1e-7)  # equal covariances
+    x, y = torch.randn(2000, 1) * 2 + 1, torch.randn(3000, 1) * 0.5 - 1  # two 1-D Gaussians, as fitted
+    want = (x.mean() - y.mean()).square() + (x.double().std() - y.double().std()).square()
+    assert vg.frechet_distance(x, y) == pytest.approx(want.item(), rel=1e-6)
+
+
+class _StandInI3D(nn.Module):
+    """A tiny network with the I3D interface that FVD code uses: (B, 3, T, 224, 224) in [-1, 1] -> (B, 400)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(3 * 4 * 4, 400)
+
+    def forward(self, x):
+        assert x.shape[1] == 3 and x.shape[-2:] == (224, 224) and x.min() >= -1 and x.max() <= 1
+        return self.proj(F.adaptive_avg_pool3d(x, (1, 4, 4)).flatten(1))
+
+
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')  # torch.jit: the format the I3D file comes in
+def test_fvd_runs_the_whole_pipeline_through_a_scripted_network(tmp_path):
+    torch.jit.script(_StandInI3D()).save(str(tmp_path / 'i3d.pt'))
+    i3d = torch.jit.load(str(tmp_path / 'i3d.pt'))  # what a user does with the real file
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(24, 1, 4, 16, 16, generator=g) - 0.5
+    same = vg.fvd(real, real, i3d, batch_size=5)
+    other = vg.fvd(real, (real * 0.3).clamp(-0.5, 0.5), i3d, batch_size=5)  # low-contrast copies
+    assert abs(same) < 1e-6 and other > 1e-3
+
+
 def test_evaluate_scores_a_class_conditional_prior_with_its_labels():
     torch.manual_seed(0)
     vq = tiny_vqvae().eval()

@@ -923,6 +923,36 @@ def ssim(a, b):
     return s.mean((1, 2, 3)).view(a.shape[0], -1).mean(1).float()
 
 
+def frechet_distance(feats_a, feats_b):
+    """Frechet distance between Gaussians fitted to features (N, d) and (M, d), in float64 (FID / FVD):
+    |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)). Tr((S_a S_b)^(1/2)) is the sum of the square roots of the
+    eigenvalues of S_a^(1/2) S_b S_a^(1/2), which is symmetric: no complex matrix square root, no NaN."""
+    a, b = feats_a.double(), feats_b.double()
+    cov_a, cov_b = (torch.atleast_2d(torch.cov(x.T)) for x in (a, b))  # unbiased, as numpy's cov in FID code
+    vals, vecs = torch.linalg.eigh(cov_a)
+    root_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T  # rounding can make tiny eigenvalues negative
+    tr_sqrt = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
+    return ((a.mean(0) - b.mean(0)).square().sum() + cov_a.trace() + cov_b.trace() - 2 * tr_sqrt).item()
+
+
+@torch.no_grad()
+def fvd(videos_a, videos_b, i3d, batch_size=16):
+    """Frechet video distance between two sets of videos (N, C, T, H, W) in [-0.5, 0.5] (Unterthiner et al. 2018).
+    i3d: a TorchScript I3D (torch.jit.load) fed what the common FVD network takes, (B, 3, T, 224, 224) in [-1, 1]:
+    frames resized bilinearly to 224x224, grey repeated to 3 channels; its (B, 400) outputs are the features."""
+    device = next(iter(i3d.parameters()), torch.empty(0)).device
+
+    def features(videos):
+        out = []
+        for v in videos.split(batch_size):
+            x = F.interpolate(rearrange(v.float(), 'B C T H W -> (B T) C H W'), size=(224, 224), mode='bilinear',
+                              align_corners=False)
+            x = rearrange(x, '(B T) C H W -> B C T H W', B=len(v)).expand(-1, 3, -1, -1, -1) * 2  # [-1, 1], RGB
+            out.append(i3d(x.to(device)).float().cpu())
+        return torch.cat(out)
+    return frechet_distance(features(videos_a), features(videos_b))
+
+
 @torch.no_grad()
 def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
     """Held-out scores of videos (N, C, T, H, W) in [-0.5, 0.5]: reconstruction PSNR over all pixels (peak-to-peak 1),
