@@ -10,9 +10,8 @@ code did not), every power-of-2 downsampling builds, a measured data variance in
 EMA codebook kept in fp32, `F.scaled_dot_product_attention` with a KV cache, and a plain PyTorch training loop.
 
 Axis legend used in every shape comment: B batch, C channels, T/H/W video frames/height/width, t/h/w latent grid,
-    L = t*h*w tokens, D width (channels of the VQ-VAE trunk, or transformer width), E codebook vector size,
-    K number of codes, S conditioning tokens, nh heads, hd = D // nh head size.
-Videos are float tensors (B, C, T, H, W) in [-0.5, 0.5]; codes are int64 (B, t, h, w).
+    L = t*h*w tokens, D width (of the VQ-VAE trunk or the transformer), E codebook vector size, K number of codes,
+    S conditioning tokens, nh heads, hd = D // nh head size. Videos: float (B, C, T, H, W) in [-0.5, 0.5]; codes: int64.
 """
 import argparse
 import json
@@ -44,15 +43,13 @@ def attention(q, k, v, causal=False, dropout_p=0.0, fast=True):
     """Multi-head attention. q (..., Lq, hd), k and v (..., Lk, hd) -> (..., Lq, hd). With `causal`, query i may see
     keys j <= i + (Lk - Lq): the queries are the last Lq positions, as a KV cache feeding several new tokens needs."""
     Lq, Lk = q.shape[-2], k.shape[-2]
-    # The fused kernel (flash / memory-efficient) never builds the Lq x Lk matrix; its causal mask assumes Lq = Lk.
-    if fast and not (causal and Lq != Lk):
+    if fast and not (causal and Lq != Lk):  # the fused kernel never builds Lq x Lk; its causal mask assumes Lq = Lk
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
-    # The reference: softmax(q k^T / sqrt(hd)) v, written out (Vaswani et al. 2017, eq. 1).
     att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (..., Lq, Lk)
     if causal:  # query i sees keys j <= i + (Lk - Lq), a mask built on the fly: no L x L buffer to keep in memory
         i = torch.arange(Lq, device=q.device)[:, None] + (Lk - Lq)
         att = att.masked_fill(torch.arange(Lk, device=q.device) > i, float('-inf'))
-    return F.dropout(att.softmax(dim=-1), dropout_p) @ v
+    return F.dropout(att.softmax(dim=-1), dropout_p) @ v  # the reference path: Vaswani et al. 2017, eq. 1
 
 
 def check_codes(codes, latent_shape, n_codes, hint=""):
@@ -82,9 +79,8 @@ def check_pixels(x, what='video'):
 
 
 def group_norm(channels):
-    # GroupNorm, not the original's BatchNorm (noisy batch statistics at 1-8 videos per GPU, eval differing from train):
-    # it normalises each sample alone. 32 groups (Wu & He 2018); fewer for narrow trunks, so each still holds channels.
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    # GroupNorm, not the original's BatchNorm (noisy statistics at 1-8 videos per GPU, eval unlike train): per sample.
+    return nn.GroupNorm(math.gcd(32, channels), channels)  # 32 groups (Wu & He 2018), fewer for narrow trunks
 
 
 class AxisPositionEmbedding(nn.Module):
@@ -119,22 +115,18 @@ class AxialAttention(nn.Module):
     def __init__(self, dim, n_head):
         super().__init__()
         self.n_head = n_head
-        # Per-axis query, key and value projections as in the original, stored as one Linear: one (D -> 9D) matmul
-        # beats three small ones. One projection of the concatenated outputs equals three per-axis ones, summed.
-        self.qkv = nn.Linear(dim, 9 * dim)
-        self.proj = nn.Linear(3 * dim, dim)
+        # Per-axis q, k, v projections as in the original, in one Linear: one (D -> 9D) matmul beats three small ones.
+        self.qkv, self.proj = nn.Linear(dim, 9 * dim), nn.Linear(3 * dim, dim)  # one proj = three per-axis ones summed
 
     def forward(self, x):
         B, D, t, h, w = x.shape
         qkv = self.qkv(rearrange(x, 'B D t h w -> B t h w D')).chunk(3, dim=-1)  # 3 x (B, t, h, w, 3D)
         outs = []
         # Attention along one axis is attention over a batch of 1-D sequences: fold the other two axes into the batch.
-        # Sequences are short (8-32), so on CPU the explicit softmax beats the fused kernel (benchmarks/RESULTS.md).
         for axis, qkv_axis in zip('thw', qkv):
             rest = ' '.join(a for a in 'thw' if a != axis)
-            q, k, v = rearrange(qkv_axis, f'B t h w (three nh hd) -> three (B {rest}) nh {axis} hd',
-                                three=3, nh=self.n_head)
-            y = attention(q, k, v, fast=x.is_cuda)
+            q, k, v = rearrange(qkv_axis, f'B t h w (qkv nh hd) -> qkv (B {rest}) nh {axis} hd', qkv=3, nh=self.n_head)
+            y = attention(q, k, v, fast=x.is_cuda)  # 8-32 long: on CPU the explicit softmax is faster (RESULTS.md)
             outs.append(rearrange(y, f'(B {rest}) nh {axis} hd -> B t h w (nh hd)', B=B, t=t, h=h, w=w))
         return rearrange(self.proj(torch.cat(outs, dim=-1)), 'B t h w D -> B D t h w')
 
@@ -144,16 +136,14 @@ class AttentionResidualBlock(nn.Module):
 
     def __init__(self, dim, n_head, axial_attention):
         super().__init__()
-        self.conv = nn.Sequential(
-            group_norm(dim), nn.ReLU(), nn.Conv3d(dim, dim // 2, 3, padding=1),  # a bottleneck to half the width,
-            group_norm(dim // 2), nn.ReLU(), nn.Conv3d(dim // 2, dim, 1),       # as in the original code
-            group_norm(dim), nn.ReLU())
+        self.conv = nn.Sequential(  # a bottleneck to half the width, as in the original code
+            group_norm(dim), nn.ReLU(), nn.Conv3d(dim, dim // 2, 3, padding=1),
+            group_norm(dim // 2), nn.ReLU(), nn.Conv3d(dim // 2, dim, 1), group_norm(dim), nn.ReLU())
         self.attn = AxialAttention(dim, n_head) if axial_attention else None
 
     def forward(self, x, pos):
-        if torch.is_grad_enabled():
-            # Activation checkpointing: keep only x for the backward pass and recompute the branch there. The
-            # axial attention's per-axis copies would otherwise hold ~35x the input's memory (benchmarks/RESULTS.md).
+        if torch.is_grad_enabled():  # activation checkpointing: keep only x, recompute the branch in the backward pass
+            # Else the axial attention's per-axis copies would hold ~35x the input's memory (benchmarks/RESULTS.md).
             return x + torch.utils.checkpoint.checkpoint(self.branch, x, pos, use_reentrant=False)
         return x + self.branch(x, pos)
 
@@ -195,8 +185,7 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList([AttentionResidualBlock(D, cfg.n_head, cfg.axial_attention)
                                      for _ in range(cfg.n_res_layers)])
         self.norm = nn.Sequential(group_norm(D), nn.ReLU())
-        n = max(n_up)
-        # Upsample the axes whose factor is largest first, so stage i mirrors encoder stage n - 1 - i.
+        n = max(n_up)  # upsample the axes whose factor is largest first: stage i mirrors encoder stage n - 1 - i
         stages = [up_conv(D, cfg.in_channels if i == n - 1 else D, tuple(2 if n - i <= m else 1 for m in n_up))
                   for i in range(n)]
         self.convs = nn.ModuleList(stages or [nn.Conv3d(D, cfg.in_channels, 3, padding=1)])
@@ -224,8 +213,7 @@ class EMACodebook(nn.Module):
         self.register_buffer('embeddings', torch.randn(n_codes, dim))  # (K, E)
         self.register_buffer('cluster_size', torch.zeros(n_codes))    # EMA of N_k
         self.register_buffer('embed_sum', torch.randn(n_codes, dim))   # EMA of m_k
-        # A buffer, so it is saved in the state dict: a reloaded model never initialises a second time.
-        self.register_buffer('initialized', torch.tensor(False))
+        self.register_buffer('initialized', torch.tensor(False))  # saved: a reloaded model never re-initialises
 
     def nearest(self, flat):
         """(N, E) fp32 vectors -> (N,) index of the nearest code."""
@@ -234,16 +222,14 @@ class EMACodebook(nn.Module):
             return (self.embeddings.pow(2).sum(1) - 2 * flat @ self.embeddings.t()).argmin(1)
 
     def _random_rows(self, z, n):
-        # Drawn with replacement, on rank 0 and broadcast: every rank restarts the same codes and buffers stay equal.
-        rows = z[torch.randint(0, z.shape[0], (n,), device=z.device)]
-        if _is_dist():
+        rows = z[torch.randint(0, z.shape[0], (n,), device=z.device)]  # drawn with replacement
+        if _is_dist():  # rank 0's rows for every rank: all restart the same codes, the buffers stay equal
             dist.broadcast(rows, 0)
         return rows
 
     @torch.no_grad()
     def _ema_update(self, z, codes):
-        # Start from the first batch's encoder outputs: codes initialised far from the data stay dead from step one.
-        if not self.initialized:
+        if not self.initialized:  # start at the first batch's encoder outputs: codes far from the data stay dead
             self.embeddings.copy_(self._random_rows(z, self.n_codes))
             self.embed_sum.copy_(self.embeddings)
             self.cluster_size.fill_(1.0)
@@ -255,36 +241,30 @@ class EMACodebook(nn.Module):
             dist.all_reduce(sums)
         self.cluster_size.lerp_(counts, 1 - self.decay)  # N_k <- decay * N_k + (1 - decay) * n_k
         self.embed_sum.lerp_(sums, 1 - self.decay)       # m_k <- decay * m_k + (1 - decay) * sum_k
-        # Laplace smoothing keeps N_k > 0 for unused codes, so the division below is always defined.
-        n = self.cluster_size.sum()
+        n = self.cluster_size.sum()  # Laplace smoothing keeps N_k > 0 for unused codes: the division is defined
         smoothed = (self.cluster_size + self.eps) / (n + self.n_codes * self.eps) * n
         self.embeddings.copy_(self.embed_sum / smoothed[:, None])
-        # Dead codes (EMA count below the threshold: < ~1 vector per batch lately) restart at random encoder outputs.
-        dead = self.cluster_size < self.dead_threshold  # identical on every rank: the counts were all-reduced
-        if dead.any():
+        dead = self.cluster_size < self.dead_threshold  # < ~1 vector a batch lately: restart at random encoder outputs
+        if dead.any():  # identical on every rank: the counts were all-reduced
             fresh = self._random_rows(z, int(dead.sum()))
             self.embeddings[dead] = fresh
             self.embed_sum[dead] = fresh * self.dead_threshold
             self.cluster_size[dead] = self.dead_threshold
 
     def forward(self, z):
-        # fp32 even under autocast: bf16 rounding flips nearest-code decisions and loses the small (1 - decay) updates.
-        with torch.autocast(z.device.type, enabled=False):
+        with torch.autocast(z.device.type, enabled=False):  # fp32: bf16 flips nearest codes, loses (1 - decay) updates
             z = z.float()
             flat = rearrange(z, 'B E t h w -> (B t h w) E')
-            codes = self.nearest(flat)                                            # (N,)
+            codes = self.nearest(flat).view(z.shape[0], *z.shape[2:])             # (B, t, h, w)
             if self.training:
-                self._ema_update(flat, codes)
-            quantized = F.embedding(codes, self.embeddings)                       # (N, E)
-            quantized = rearrange(quantized, '(B t h w) E -> B E t h w', B=z.shape[0], t=z.shape[2], h=z.shape[3])
-            # Commitment loss (VQ-VAE eq. 3, beta applied by the caller): keeps the encoder near its chosen codes.
-            commitment = F.mse_loss(z, quantized.detach())
-            # Straight-through: the gradient passes to the encoder's output as if quantisation were the identity.
-            quantized = z + (quantized - z).detach()
-            probs = torch.bincount(codes, minlength=self.n_codes).float() / codes.numel()
+                self._ema_update(flat, codes.flatten())
+            quantized = rearrange(F.embedding(codes, self.embeddings), 'B t h w E -> B E t h w')
+            commitment = F.mse_loss(z, quantized.detach())  # VQ-VAE eq. 3 (beta is applied in VQVAE.forward)
+            quantized = z + (quantized - z).detach()  # straight-through: gradients pass as if quantising were identity
+            probs = torch.bincount(codes.flatten(), minlength=self.n_codes).float() / codes.numel()
             perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())      # effective number of codes used
             usage = (probs > 0).float().mean()                                     # fraction of codes used at all
-        return quantized, codes.view(z.shape[0], *z.shape[2:]), commitment, perplexity, usage
+        return quantized, codes, commitment, perplexity, usage
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -324,17 +304,15 @@ class VQVAE(nn.Module):
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
         self.config = cfg
-        # The paper's position embeddings, shared by every axial layer of the encoder and decoder (all at t x h x w).
-        self.pos = AxisPositionEmbedding(cfg.latent_shape, cfg.n_hiddens)
+        self.pos = AxisPositionEmbedding(cfg.latent_shape, cfg.n_hiddens)  # the paper's, shared by all axial layers
         self.encoder = Encoder(cfg)
         self.pre_vq = nn.Conv3d(cfg.n_hiddens, cfg.embedding_dim, 1)
         self.codebook = EMACodebook(cfg.n_codes, cfg.embedding_dim, cfg.ema_decay, cfg.dead_code_threshold)
         self.post_vq = nn.Conv3d(cfg.embedding_dim, cfg.n_hiddens, 1)
         self.decoder = Decoder(cfg)
-        # Reconstruction loss MSE / Var(x): 1.0 is "no better than the mean pixel" on any data. Var(x) is measured on
-        # the first training batch, not the original's hand-measured 0.06, and kept in a buffer for reloaded models.
-        self.register_buffer('data_variance', torch.tensor(1.0))
-        self.register_buffer('variance_set', torch.tensor(False))
+        # Reconstruction loss MSE / Var(x): 1.0 is "no better than the mean pixel" on any data.
+        self.register_buffer('data_variance', torch.tensor(1.0))  # Var(x) of the first batch, not the original's 0.06
+        self.register_buffer('variance_set', torch.tensor(False))  # buffers: reloaded models keep their Var(x)
 
     def check_video(self, x):
         """The video, checked (shape, channels, sizes, finite values in [-0.5, 0.5]) and cast to the weights' dtype."""
@@ -386,20 +364,16 @@ class VQVAE(nn.Module):
 
     def decode(self, codes):
         """codes (B, t, h, w) int64 -> video (B, C, T, H, W), roughly in [-0.5, 0.5]; longer codes: decode_long."""
-        t = self.config.latent_shape[0]
-        if torch.is_tensor(codes) and codes.ndim == 4 and codes.shape[1] > t:
+        if torch.is_tensor(codes) and codes.ndim == 4 and codes.shape[1] > self.config.latent_shape[0]:
             return self.decode_long(codes)
         check_codes(codes, self.config.latent_shape, self.config.n_codes)
         quantized = rearrange(F.embedding(codes, self.codebook.embeddings), 'B t h w E -> B E t h w')
         return self.decoder(self.post_vq(quantized), self.pos())
 
-
     def decode_long(self, codes):
-        """codes (B, t', h, w) with t' > t -> (B, C, t' * d, H, W): windows of t latent frames, half-overlapping, each
-        frame taken from the window in which it sits most centrally, where the axial attention sees context on both
-        sides (a window's edge frames would show seams)."""
-        t, d = self.config.latent_shape[0], self.config.downsample[0]
-        n = codes.shape[1]
+        """codes (B, t', h, w), t' > t -> (B, C, t' * d, H, W) from half-overlapping windows of t latent frames, each
+        frame from the window where it sits most centrally, with context on both sides for the axial attention."""
+        t, d, n = self.config.latent_shape[0], self.config.downsample[0], codes.shape[1]
         starts = sorted(set(range(0, n - t, max(1, t // 2))) | {n - t})
         windows = [self.decode(codes[:, s:s + t]) for s in starts]
         frames = []
@@ -418,16 +392,14 @@ class FrameEncoder(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        # Narrower than the transformer: 3D convolutions cost D^2 * 27 weights each, so at D = n_embd = 512 this
-        # encoder alone would hold 80M parameters. A linear layer lifts its output to the transformer's width.
+        # Narrower than the transformer: 3D convolutions cost 27 D^2 weights each, 80M parameters at D = n_embd = 512.
         D = cfg.frame_width
         self.stem = nn.Conv3d(cfg.frame_channels, D, 3, padding=1)
-        self.stages = nn.ModuleList([nn.ModuleDict(dict(
-            down=down_conv(D, D, (1, 2, 2)),
-            res=nn.Sequential(group_norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1),
-                              group_norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1)))) for _ in range(3)])
+        self.stages = nn.ModuleList([nn.ModuleDict(dict(down=down_conv(D, D, (1, 2, 2)), res=nn.Sequential(
+            group_norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1),
+            group_norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1)))) for _ in range(3)])
         self.pos = AxisPositionEmbedding((cfg.n_cond_frames, cfg.frame_size // 8, cfg.frame_size // 8), D)
-        self.out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, cfg.n_embd))
+        self.out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, cfg.n_embd))  # lifted to the transformer's width
 
     def forward(self, frames):
         x = self.stem(frames)
@@ -452,8 +424,7 @@ class CondLayerNorm(nn.Module):
         self.init_identity()
 
     def init_identity(self):
-        # Zero weights, gain bias 1, bias bias 0: a plain LayerNorm at first, so conditioning starts as a no-op.
-        if self.cond_dim:
+        if self.cond_dim:  # zero weights, gain bias 1, bias bias 0: a plain LayerNorm at first, conditioning a no-op
             for lin, b in ((self.gain, 1.0), (self.bias, 0.0)):
                 nn.init.zeros_(lin.weight)
                 nn.init.constant_(lin.bias, b)
@@ -473,16 +444,14 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.n_head, self.causal, self.fast, self.dropout = cfg.n_head, cfg.causal, cfg.fast_attention, cfg.attn_dropout
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.qkv, self.proj = nn.Linear(cfg.n_embd, 3 * cfg.n_embd), nn.Linear(cfg.n_embd, cfg.n_embd)
 
     def forward(self, x, cache=None, pos=0):
         B, L, D = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, nh, L, hd)
         q, kv = qkv[0], qkv[1:]
         if cache is not None:
-            # KV cache (2, B, nh, L_max, hd): earlier steps wrote positions < pos. A step costs O(pos), not O(L_max).
-            cache[:, :, :, pos:pos + L] = kv
+            cache[:, :, :, pos:pos + L] = kv  # KV cache (2, B, nh, L_max, hd) holds positions < pos; a step is O(pos)
             kv = cache[:, :, :, :pos + L]
         # A single new token may see every cached position, so it needs no mask at all.
         y = attention(q, kv[0], kv[1], self.causal and L > 1, self.dropout if self.training else 0.0, self.fast)
@@ -495,8 +464,7 @@ class CrossAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.n_head, self.fast, self.dropout = cfg.n_head, cfg.fast_attention, cfg.attn_dropout
-        self.q = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.kv = nn.Linear(cfg.n_embd, 2 * cfg.n_embd)
+        self.q, self.kv = nn.Linear(cfg.n_embd, cfg.n_embd), nn.Linear(cfg.n_embd, 2 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
     def keys_values(self, ctx):
@@ -514,11 +482,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.ln1 = CondLayerNorm(cfg.n_embd, cfg.cond_dim)
-        self.attn = SelfAttention(cfg)
+        self.ln1, self.attn = CondLayerNorm(cfg.n_embd, cfg.cond_dim), SelfAttention(cfg)
         if cfg.n_cond_frames:
-            self.ln_x = CondLayerNorm(cfg.n_embd, cfg.cond_dim)
-            self.xattn = CrossAttention(cfg)
+            self.ln_x, self.xattn = CondLayerNorm(cfg.n_embd, cfg.cond_dim), CrossAttention(cfg)
         self.ln2 = CondLayerNorm(cfg.n_embd, cfg.cond_dim)
         self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
                                  nn.Linear(4 * cfg.n_embd, cfg.n_embd))
@@ -546,19 +512,12 @@ def task_mask(task, latent_shape, n_given=1):
     t, h, w = latent_shape
     given = torch.zeros(latent_shape, dtype=torch.bool)
     rows, cols = slice((h - h // 2) // 2, (h + h // 2) // 2), slice((w - w // 2) // 2, (w + w // 2) // 2)
-    if task == 'fp':
-        given[:n_given] = True
-    elif task == 'fi':
-        given[0] = given[-1] = True
-    elif task in ('opc', 'ipc'):
-        given[:, rows, cols] = True
-        given = ~given if task == 'ipc' else given
-    elif task == 'oph':
-        given[:, :, cols] = True
-    elif task == 'opv':
-        given[:, rows] = True
-    elif task != 'uncond':
+    region = dict(fp=np.s_[:n_given], fi=np.s_[[0, -1]], opc=np.s_[:, rows, cols], oph=np.s_[:, :, cols],
+                  opv=np.s_[:, rows], ipc=np.s_[:, rows, cols], uncond=np.s_[:0])  # np.s_[i]: the index i itself
+    if task not in region:
         raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
+    given[region[task]] = True
+    given = ~given if task == 'ipc' else given  # inpainting generates the box that outpainting gives
     if task != 'uncond' and (given.all() or not given.any() or n_given < 1):
         raise ValueError(f"task {task!r} (n_given={n_given}) on a {t}x{h}x{w} latent grid leaves nothing to "
                          f"{'generate' if given.all() else 'condition on'}: use a larger grid or another task")
@@ -626,19 +585,15 @@ class VideoGPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.config = cfg
-        # Token ids 0..K-1 are codes; id K is [MASK], used only by masked (non-causal) decoding.
-        self.tok_emb = nn.Embedding(cfg.n_codes + 1, cfg.n_embd)
+        self.tok_emb = nn.Embedding(cfg.n_codes + 1, cfg.n_embd)  # ids 0..K-1: codes; id K: [MASK] (masked decoding)
         self.pos_emb = AxisPositionEmbedding(cfg.latent_shape, cfg.n_embd)
-        # The start token: position 0 sees only it, so that position i predicts code i from codes 0..i-1.
-        self.sos = nn.Parameter(torch.randn(cfg.n_embd) * 0.02)
+        self.sos = nn.Parameter(torch.randn(cfg.n_embd) * 0.02)  # the start token: position i sees codes < i only
         self.frame_encoder = FrameEncoder(cfg) if cfg.n_cond_frames else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
-        self.ln_f = CondLayerNorm(cfg.n_embd, cfg.cond_dim)
-        self.head = nn.Linear(cfg.n_embd, cfg.n_codes, bias=False)
+        self.ln_f, self.head = CondLayerNorm(cfg.n_embd, cfg.cond_dim), nn.Linear(cfg.n_embd, cfg.n_codes, bias=False)
         self.apply(self._init_weights)
-        # GPT-2's scaled init: output projections shrink with depth, so 2 * n_layer branches keep the residual variance.
-        for name, p in self.named_parameters():
+        for name, p in self.named_parameters():  # GPT-2's scaled init: 2 * n_layer branches keep the residual variance
             if name.endswith(('attn.proj.weight', 'xattn.proj.weight', 'mlp.2.weight')):
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
 
@@ -697,16 +652,14 @@ class VideoGPT(nn.Module):
 
     # -- training -------------------------------------------------------------------------------------------------
     def forward(self, codes, frames=None, cond=None, mask=None):
-        """codes (B, t, h, w) -> logits (B, t, h, w, K) and the mean cross-entropy in nats. Causal: logits at position i
-        predict code i from codes < i (teacher forcing). Non-causal (masked decoding): the codes at `mask` (B, t, h, w)
-        bool are replaced by [MASK] and the loss covers only them; without a mask, each video draws a task from
-        cfg.tasks and schedule_mask hides some of the tokens that task does not give."""
+        """codes (B, t, h, w) -> logits (B, t, h, w, K), mean cross-entropy in nats. Causal: position i predicts code i
+        from codes < i. Non-causal: codes where `mask` (B, t, h, w) is True become [MASK] and only they count; without a
+        mask, each video draws a task (cfg.tasks) and schedule_mask hides some tokens it does not give."""
         frames, cond = self._check(codes, frames, cond)
         codes = codes.long()  # int32 codes are accepted; embeddings and the loss take int64
         cfg, B = self.config, codes.shape[0]
-        if self.training and cfg.cond_dropout and cond is not None:
-            # Classifier-free guidance (Ho & Salimans 2022) needs one model for p(x | c) and p(x): some videos are
-            # trained with the null condition, a zero vector, which the conditional LayerNorm maps to learned biases.
+        if self.training and cfg.cond_dropout and cond is not None:  # classifier-free guidance (Ho & Salimans 2022)
+            # One model for p(x | c) and p(x): some videos get the null condition, a zero vector (CondLayerNorm biases).
             cond = cond * (torch.rand(B, 1, device=cond.device) >= cfg.cond_dropout)
         tokens = rearrange(codes, 'B t h w -> B (t h w)')
         if cfg.causal:
@@ -718,9 +671,8 @@ class VideoGPT(nn.Module):
                 mask = schedule_mask(given, torch.rand(B, device=codes.device))
             else:
                 mask = rearrange(mask, 'B t h w -> B (t h w)')
-            # Given tokens go in as plain code embeddings. MAGVIT's COMMIT embeds them into [MASK] tokens to stop the
-            # model copying them through; we only ever give the video's real codes, so the plain choice loses nothing.
-            x = self.tok_emb(tokens.masked_fill(mask, cfg.n_codes))
+            # MAGVIT's COMMIT mixes given tokens into [MASK] ones against copying; with only real codes given, no gain.
+            x = self.tok_emb(tokens.masked_fill(mask, cfg.n_codes))  # given tokens go in as plain code embeddings
             target = tokens.masked_fill(~mask, -100)  # -100: ignored by cross_entropy, so only masked tokens count
         x = self.drop(x + rearrange(self.pos_emb(), 't h w D -> (t h w) D'))
         logits = self.head(self._trunk(x, cond, self._frame_kv(frames)))
@@ -733,10 +685,11 @@ class VideoGPT(nn.Module):
         return self.ln_f(x, cond)
 
     # -- sampling -------------------------------------------------------------------------------------------------
-    def _check_given(self, n, given, given_mask):
-        """(n, L) int64 codes and (n, L) bool of the given tokens, checked, or (None, None) when nothing is given."""
+    def _check_sampling(self, n, frames, cond, given, given_mask):
+        """_check's frames and cond for n samples, then given (n, L) int64 and given_mask (n, L) bool, or Nones."""
+        frames, cond = self._check(None, frames, cond, batch=n)
         if given is None and given_mask is None:
-            return None, None
+            return frames, cond, None, None
         cfg, shape = self.config, self.config.latent_shape
         if given is None or given_mask is None:
             raise ValueError("pass both given (n, t, h, w) codes, e.g. from VQVAE.encode, and given_mask, True where "
@@ -753,19 +706,16 @@ class VideoGPT(nn.Module):
             raise ValueError("a causal prior continues a raster-order prefix only (the same first tokens in t, h, w "
                              "order for every video, e.g. task_mask('fp', ...)); for other tasks train a masked "
                              "prior: GPTConfig(causal=False, tasks=(...))")
-        return given, given_mask
+        return frames, cond, given, given_mask
 
     @torch.no_grad()
     def sample(self, n, frames=None, cond=None, temperature=1.0, top_k=None, top_p=None, generator=None,
                return_logits=False, guidance=1.0, given=None, given_mask=None, steps=None, n_latent_frames=None):
-        """Draw n code grids (n, t, h, w) int64, one token at a time with a KV cache (causal priors), or by masked
-        parallel decoding (non-causal priors, see sample_masked). frames / cond as in forward, with batch n. top_k=1 is
-        greedy decoding. With return_logits, also returns the (n, t, h, w, K) logits of each step. guidance > 1 is
-        classifier-free guidance for priors trained with cond_dropout: logits u + g (c - u) from the conditional (c) and
-        null-condition (u) predictions, which pulls every token toward the condition (frames, if any, condition both).
-        given (n, t, h, w) codes are kept where given_mask (t, h, w) or (n, t, h, w) is True; a causal prior takes only
-        a raster-order prefix there (frame prediction as continuation). steps: masked decoding's passes (default 12).
-        n_latent_frames > t: a longer video, in windows of t latent frames (sample_long)."""
+        """Draw n code grids (n, t, h, w) int64: token by token with a KV cache (causal priors) or by masked decoding in
+        `steps` passes (sample_masked, default 12). frames / cond as in forward, batch n; top_k=1 is greedy.
+        return_logits: also each step's (n, t, h, w, K) logits. guidance g > 1, classifier-free (needs cond_dropout):
+        logits u + g (c - u) from the null-condition and conditional ones. given codes stay where given_mask (t, h, w)
+        or (n, t, h, w) is True (causal priors: a raster-order prefix). n_latent_frames > t: sample_long."""
         if n_latent_frames not in (None, self.config.latent_shape[0]):
             return self.sample_long(n, n_latent_frames, frames, cond, temperature=temperature, top_k=top_k, top_p=top_p,
                                     generator=generator, guidance=guidance, given=given, given_mask=given_mask,
@@ -778,9 +728,8 @@ class VideoGPT(nn.Module):
                                       generator=generator, given=given, given_mask=given_mask)
         if steps is not None:
             raise ValueError("steps counts the passes of masked decoding; a causal prior takes one step per token")
-        frames, cond = self._check(None, frames, cond, batch=n)
+        frames, cond, given, given_mask = self._check_sampling(n, frames, cond, given, given_mask)
         cfg, L = self.config, self.config.block_size
-        given, given_mask = self._check_given(n, given, given_mask)
         p = 0 if given is None else int(given_mask[0].sum())  # the given prefix's length
         guided = guidance != 1.0
         if guided:  # one batch of 2n: the n videos under their condition, then under the null condition
@@ -819,10 +768,9 @@ class VideoGPT(nn.Module):
 
     @torch.no_grad()
     def sample_long(self, n, n_latent_frames, frames=None, cond=None, **sampling):
-        """(n, n_latent_frames, h, w) codes, more latent frames than the prior's window t: sample the first window as
-        sample() does, then slide by one latent frame at a time, giving the last t - 1 frames and sampling one new
-        one (TATS's sliding window). The context is re-encoded in one chunked pass per slide rather than kept in the KV
-        cache: its position embeddings shift by one frame at every slide. frames and cond condition every window."""
+        """(n, n_latent_frames, h, w) codes, more latent frames than the window t (TATS's sliding window): the first
+        window as sample() draws it, then per slide one new latent frame given the last t - 1, re-encoded in one chunked
+        pass (not cached: their position embeddings shift each slide). frames and cond condition every window."""
         t, shape = self.config.latent_shape[0], self.config.latent_shape
         if t < 2 or n_latent_frames < t:
             raise ValueError(f"n_latent_frames={n_latent_frames}: sliding needs a prior of at least 2 latent frames "
@@ -838,17 +786,15 @@ class VideoGPT(nn.Module):
     @torch.no_grad()
     def sample_masked(self, n, frames=None, cond=None, steps=12, temperature=1.0, choice_temperature=4.5,
                       generator=None, given=None, given_mask=None):
-        """Masked parallel decoding (MaskGIT, Chang et al. 2022; MAGVIT, Yu et al. 2023) for causal=False priors. Start
-        with every token that is not given as [MASK]. Each of `steps` forward passes samples all masked tokens at once,
-        keeps the most confident and re-masks the rest, so that floor(N cos(pi/2 (s + 1) / steps)) of the N unknown
-        tokens stay masked after step s: none after the last. Given tokens are never changed."""
+        """Masked parallel decoding (MaskGIT, Chang et al. 2022; MAGVIT) for causal=False priors: tokens not given start
+        as [MASK]; each of `steps` passes samples all masked ones, keeps the most confident, re-masks the rest, leaving
+        floor(N cos(pi/2 (s + 1) / steps)) of the N unknown after step s (0 after the last). Given ones never change."""
         if self.config.causal:
             raise ValueError("sample_masked needs a bidirectional prior: build it with GPTConfig(causal=False)")
         if not (isinstance(steps, int) and steps >= 1):
             raise ValueError(f"steps must be a positive integer (12 is MaskGIT's choice), got {steps!r}")
-        frames, cond = self._check(None, frames, cond, batch=n)
+        frames, cond, given, given_mask = self._check_sampling(n, frames, cond, given, given_mask)
         cfg, L = self.config, self.config.block_size
-        given, given_mask = self._check_given(n, given, given_mask)
         was_training = self.training
         self.eval()
         dev, MASK = self.sos.device, cfg.n_codes
@@ -856,8 +802,7 @@ class VideoGPT(nn.Module):
         if given is not None:
             tokens = torch.where(given_mask, given.to(dev), tokens)
         n_unknown = (tokens == MASK).sum(1)                                            # (n,)
-        frame_kv = self._frame_kv(frames)
-        pos_emb = rearrange(self.pos_emb(), 't h w D -> (t h w) D')
+        frame_kv, pos_emb = self._frame_kv(frames), rearrange(self.pos_emb(), 't h w D -> (t h w) D')
         for s in range(steps):
             masked = tokens == MASK
             logits = self.head(self._trunk(self.tok_emb(tokens) + pos_emb, cond, frame_kv)).float()  # (n, L, K)
@@ -885,14 +830,12 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=Non
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float('-inf'))
-    if top_p is not None:
-        # Keep the smallest set of tokens whose probabilities sum to at least top_p (Holtzman et al. 2020).
+    if top_p is not None:  # keep the smallest set of tokens whose probabilities sum to >= top_p (Holtzman et al. 2020)
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop = cum - sorted_logits.softmax(-1) >= top_p  # tokens entirely beyond the nucleus; the top one stays
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float('-inf'))
-    # Inverse-CDF sampling: torch.multinomial's distribution at a quarter of its cost, paid once per generated token.
-    cdf = logits.softmax(-1).cumsum(-1)                                          # (B, K)
+    cdf = logits.softmax(-1).cumsum(-1)  # (B, K): inverse-CDF sampling, torch.multinomial's draws at 1/4 of the cost
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)[:, 0]
 
@@ -906,10 +849,9 @@ def psnr(a, b):
 
 
 def ssim(a, b):
-    """(B,) SSIM (Wang et al. 2004) of each frame and channel, averaged: an 11x11 Gaussian window with sigma 1.5,
-    C1 = 0.01^2 and C2 = 0.03^2 for the range 1, averaged over the window positions inside the frame. This equals
-    scikit-image's structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-    data_range=1), which filters the whole frame and then drops a 5-pixel border."""
+    """(B,) SSIM (Wang et al. 2004) of each frame and channel, averaged: 11x11 Gaussian window, sigma 1.5, C1 = 0.01^2,
+    C2 = 0.03^2 for range 1, mean over window positions inside the frame. Equals scikit-image's structural_similarity(
+    gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1), which drops a 5-pixel border."""
     if min(a.shape[-2:]) < 11:
         raise ValueError(f"SSIM's 11x11 window needs frames of at least 11x11 pixels, got {tuple(a.shape[-2:])}")
     g = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5 ** 2))
@@ -924,9 +866,8 @@ def ssim(a, b):
 
 
 def frechet_distance(feats_a, feats_b):
-    """Frechet distance between Gaussians fitted to features (N, d) and (M, d), in float64 (FID / FVD):
-    |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)). Tr((S_a S_b)^(1/2)) is the sum of the square roots of the
-    eigenvalues of S_a^(1/2) S_b S_a^(1/2), which is symmetric: no complex matrix square root, no NaN."""
+    """Frechet distance of Gaussians fitted to features (N, d), (M, d), in float64: |mu_a - mu_b|^2 + Tr(S_a + S_b -
+    2 (S_a S_b)^(1/2)), the last trace summing sqrt(eigenvalues) of the symmetric S_a^(1/2) S_b S_a^(1/2): no NaN."""
     a, b = feats_a.double(), feats_b.double()
     cov_a, cov_b = (torch.atleast_2d(torch.cov(x.T)) for x in (a, b))  # unbiased, as numpy's cov in FID code
     vals, vecs = torch.linalg.eigh(cov_a)
@@ -937,16 +878,14 @@ def frechet_distance(feats_a, feats_b):
 
 @torch.no_grad()
 def fvd(videos_a, videos_b, i3d, batch_size=16):
-    """Frechet video distance between two sets of videos (N, C, T, H, W) in [-0.5, 0.5] (Unterthiner et al. 2018).
-    i3d: a TorchScript I3D (torch.jit.load) fed what the common FVD network takes, (B, 3, T, 224, 224) in [-1, 1]:
-    frames resized bilinearly to 224x224, grey repeated to 3 channels; its (B, 400) outputs are the features."""
+    """Frechet video distance (Unterthiner et al. 2018) of two sets of videos (N, C, T, H, W) in [-0.5, 0.5]. i3d: a
+    TorchScript I3D taking (B, 3, T, 224, 224) in [-1, 1] (resized bilinearly, grey to RGB) to (B, 400) features."""
     device = next(iter(i3d.parameters()), torch.empty(0)).device
 
     def features(videos):
         out = []
         for v in videos.split(batch_size):
-            x = F.interpolate(rearrange(v.float(), 'B C T H W -> (B T) C H W'), size=(224, 224), mode='bilinear',
-                              align_corners=False)
+            x = F.interpolate(rearrange(v.float(), 'B C T H W -> (B T) C H W'), size=(224, 224), mode='bilinear')
             x = rearrange(x, '(B T) C H W -> B C T H W', B=len(v)).expand(-1, 3, -1, -1, -1) * 2  # [-1, 1], RGB
             out.append(i3d(x.to(device)).float().cpu())
         return torch.cat(out)
@@ -955,10 +894,9 @@ def fvd(videos_a, videos_b, i3d, batch_size=16):
 
 @torch.no_grad()
 def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
-    """Held-out scores of videos (N, C, T, H, W) in [-0.5, 0.5]: reconstruction PSNR over all pixels (peak-to-peak 1),
-    SSIM (mean over videos), NMSE (MSE over the videos' variance, the paper's table 3), and the prior's bits per
-    token. cond: the prior's class labels or vectors, if any; a frame-conditioned prior takes the videos' first
-    frames. Both models run in eval mode (the codebook never moves) and are left in the mode they were in."""
+    """Held-out scores of videos (N, C, T, H, W) in [-0.5, 0.5]: reconstruction PSNR (peak-to-peak 1), SSIM, NMSE
+    (MSE / the videos' variance, table 3) and the prior's bits per token, given cond (labels or vectors) and the
+    videos' first frames as needed. Both models run in eval mode (the codebook never moves), then regain their mode."""
     modes = vqvae.training, gpt.training
     vqvae.eval(), gpt.eval()
     device = next(gpt.parameters()).device
@@ -980,8 +918,7 @@ def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
 # ------------------------------------------------------------------------------------------------------------------
 # Presets: the paper's settings (appendix tables; the authors' VideoGPT-Paper configs where the tables are silent)
 
-PRESETS = {
-    # name: (VQVAEConfig overrides, GPTConfig overrides)
+PRESETS = {  # name: (VQVAEConfig overrides, GPTConfig overrides)
     'mnist': (dict(), dict()),  # the dataclass defaults: 16x64x64 grey -> 4x16x16 codes
     'bair-8x32x32': (  # the paper's best BAIR setting: 16x64x64 RGB -> 8x32x32, first frame + actions
         dict(in_channels=3, downsample=(2, 2, 2), n_res_layers=4, embedding_dim=256, n_codes=1024),
@@ -1149,9 +1086,8 @@ def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg):
 
 
 def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=None, on_log=None):
-    """Train `model` with loss = step_fn(model, batch)[0]; checkpoints, logs and samples go to tcfg.out_dir.
-    step_fn(model, batch) -> (loss, metrics dict); on_sample(model, step) writes pictures; on_log(log) runs after each
-    logged step (a live plot). tcfg.out_dir='' writes no files at all. Returns the model."""
+    """Train `model` on step_fn(model, batch) -> (loss, metrics dict). on_sample(model, step) writes pictures;
+    on_log(log) runs per logged step (a live plot). Files go to tcfg.out_dir ('' writes none). Returns the model."""
     from tqdm import tqdm
     device, rank, world, dtype, use_scaler = setup_device()
     files = rank == 0 and bool(tcfg.out_dir)  # only rank 0 writes, and only when there is a folder
@@ -1244,8 +1180,7 @@ def gpt_inputs(gcfg, batch):
 def train_gpt(gcfg, tcfg, dataset=None):
     """Stage 2: train the prior on the codes of a frozen VQ-VAE (tcfg.vqvae); writes ckpt.pt and samples.gif."""
     device = setup_device()[0]
-    # Frozen explicitly: eval mode (the codebook's EMA never moves), no gradients, encoding under no_grad.
-    vqvae = load_model(tcfg.vqvae, 'vqvae').requires_grad_(False).to(device)
+    vqvae = load_model(tcfg.vqvae, 'vqvae').requires_grad_(False).to(device)  # frozen: eval (EMA off), no gradients
     vcfg = vqvae.config
     fitted, keys = fit_prior(gcfg, vcfg), ('n_codes', 'latent_shape') + ('frame_channels', 'frame_size') * bool(
         gcfg.n_cond_frames)  # the frames come from the VQ-VAE's videos
@@ -1263,16 +1198,14 @@ def train_gpt(gcfg, tcfg, dataset=None):
         codes = batch['codes'] if 'codes' in batch else vqvae.encode(batch['video'])
         frames, cond = gpt_inputs(gcfg, batch)
         _, loss = model(codes, frames, cond)
-        # bits per token = nats / ln 2; the uniform baseline is log2(n_codes)
-        return loss, dict(bits_per_token=loss.detach() / math.log(2))
+        return loss, dict(bits_per_token=loss.detach() / math.log(2))  # nats / ln 2; uniform guessing: log2(n_codes)
 
+    @torch.no_grad()
     def on_sample(model, step):
         frames, cond = gpt_inputs(gcfg, {k: v.to(device) for k, v in fixed.items()})
         codes = model.sample(len(fixed['codes' if 'codes' in fixed else 'video']), frames, cond,
                              generator=torch.Generator(device).manual_seed(0))
-        with torch.no_grad():
-            video = vqvae.decode(codes).clamp(-0.5, 0.5).cpu()
-        data.save_video_grid(video, os.path.join(tcfg.out_dir, 'samples.gif'))
+        data.save_video_grid(vqvae.decode(codes).clamp(-0.5, 0.5).cpu(), os.path.join(tcfg.out_dir, 'samples.gif'))
     torch.manual_seed(tcfg.seed)
     return train(VideoGPT(gcfg), 'gpt', step_fn, dataset, tcfg, gcfg, on_sample,
                  extra=dict(vqvae=os.path.abspath(tcfg.vqvae),  # a reference to stage 1, not a copy of it;
@@ -1378,23 +1311,11 @@ def _sample_inputs(args):
     return (batch.get('video'), *gpt_inputs(gcfg, batch))
 
 
-def _complete_command(args, videos, frames, cond, sampling):
-    """`sample --task`: the real videos on the first row, their completions below, given regions outlined."""
-    device = setup_device()[0]
-    gpt, vqvae = load_model(args.gpt, 'gpt').to(device), load_model(args.vqvae, 'vqvae').to(device)
-    to = (lambda x: x if x is None else x.to(device))
-    out, given = complete_video(vqvae, gpt, to(videos), args.task, args.n_given, to(frames), to(cond),
-                                torch.Generator(device).manual_seed(args.seed), steps=args.steps, **sampling)
-    mark = torch.stack([torch.zeros_like(given), given]).repeat_interleave(len(videos), 0)  # real row: no outline
-    data.save_video_grid(torch.cat([videos, out.cpu()]), args.out, nrow=len(videos), mark=mark.cpu())
-
-
 def demo(args):
     """Both stages on Moving MNIST with the 'demo' preset, then samples.gif and recon.png in args.out_dir."""
     vcfg, gcfg = preset_configs('demo')
-    # One digit per video, whose class conditions the prior: two digits drew scribbles in CPU minutes (RESULTS.md).
     common = dict(dataset='mnist', mnist_dir=args.mnist_dir, n_digits=1, num_workers=0, log_every=50, warmup=100,
-                  overwrite=True, batch_size=8)
+                  overwrite=True, batch_size=8)  # one digit, its class the condition: two drew scribbles (RESULTS.md)
     t0 = time.time()
     train_vqvae(vcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'vqvae'), steps=args.vqvae_steps, lr=1e-3,
                                   sample_every=args.vqvae_steps, ckpt_every=args.vqvae_steps, **common))
@@ -1405,9 +1326,8 @@ def demo(args):
     out = os.path.join(args.out_dir, 'samples.gif')
     # Two videos of each digit, 0-9 across each row; temperature 0.8 and guidance 3 for steadier, truer digits.
     sample_videos(gpt_path, n=20, out=out, cond=torch.arange(20) % 10, temperature=0.8, guidance=3.0, nrow=10)
-    # Held-out numbers: videos of digits that training never saw (data.mnist_digits).
     held_out = data.make_dataset(TrainConfig(mnist_dir=args.mnist_dir, n_digits=1), vcfg.sequence_length,
-                                 vcfg.resolution, train=False)
+                                 vcfg.resolution, train=False)  # digits that training never saw (data.mnist_digits)
     batch = torch.utils.data.default_collate([held_out[i] for i in range(64)])
     scores = evaluate(load_model(vq_path), load_model(gpt_path), batch['video'], batch['label'])
     print(f"held-out reconstruction PSNR {scores['psnr']:.1f} dB; prior {scores['bits_per_token']:.2f} bits per "
@@ -1476,10 +1396,16 @@ def main(argv=None):
                         f"its {T} frames, and no --task")
             sampling['n_latent_frames'] = args.frames // d
         videos, frames, cond = _sample_inputs(args)
-        if args.task:
-            _complete_command(args, videos, frames, cond, sampling)
-        else:
+        if not args.task:
             sample_videos(args.gpt, args.n, args.out, frames, cond, args.seed, vqvae_path=args.vqvae, **sampling)
+        else:  # the real videos on the first row, their completions below, the given regions outlined
+            device = setup_device()[0]
+            gpt, vqvae = load_model(args.gpt, 'gpt').to(device), load_model(args.vqvae, 'vqvae').to(device)
+            to = (lambda x: x if x is None else x.to(device))
+            out, given = complete_video(vqvae, gpt, to(videos), args.task, args.n_given, to(frames), to(cond),
+                                        torch.Generator(device).manual_seed(args.seed), steps=args.steps, **sampling)
+            mark = torch.stack([torch.zeros_like(given), given]).repeat_interleave(len(videos), 0)  # real row: none
+            data.save_video_grid(torch.cat([videos, out.cpu()]), args.out, nrow=len(videos), mark=mark.cpu())
         print(f"wrote {args.out}")
     elif args.cmd == 'demo':
         demo(args)
