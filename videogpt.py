@@ -809,7 +809,7 @@ class VideoGPT(nn.Module):
             draw = sample_logits(logits.view(n * L, -1), temperature, generator=generator).view(n, L)
             logp = F.log_softmax(logits / max(temperature, 1e-6), -1).gather(-1, draw[..., None])[..., 0]
             # MaskGIT's confidence, log p + Gumbel noise annealed to 0: early steps commit to more varied positions.
-            u = torch.rand(n, L, generator=generator, device=dev).clamp_(1e-20, 1 - 1e-7)
+            u = torch.rand(n, L, generator=generator, device=dev).clamp_(1e-20, 1 - 1e-7)  # log(0) is -inf
             noise = -torch.log(-torch.log(u)) * choice_temperature * (1 - (s + 1) / steps)
             confidence = (logp + noise).masked_fill(~masked, float('inf'))  # decided tokens are never re-masked
             tokens = torch.where(masked, draw, tokens)
@@ -1387,7 +1387,8 @@ def main(argv=None):
         if bool(args.task) != bool(args.from_):
             p.error("--task and --from go together: --task fp --from clip.mp4 (or --from val)")
         args.vqvae = find_vqvae(args.gpt, args.vqvae)
-        sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance=args.guidance)
+        sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance=args.guidance,
+                        steps=args.steps)  # steps: masked priors only; a causal prior refuses it
         if args.frames:
             vcfg = VQVAEConfig(**load_checkpoint(args.vqvae, 'vqvae')['config'])
             T, d = vcfg.sequence_length, vcfg.downsample[0]
@@ -1403,7 +1404,7 @@ def main(argv=None):
             gpt, vqvae = load_model(args.gpt, 'gpt').to(device), load_model(args.vqvae, 'vqvae').to(device)
             to = (lambda x: x if x is None else x.to(device))
             out, given = complete_video(vqvae, gpt, to(videos), args.task, args.n_given, to(frames), to(cond),
-                                        torch.Generator(device).manual_seed(args.seed), steps=args.steps, **sampling)
+                                        torch.Generator(device).manual_seed(args.seed), **sampling)
             mark = torch.stack([torch.zeros_like(given), given]).repeat_interleave(len(videos), 0)  # real row: none
             data.save_video_grid(torch.cat([videos, out.cpu()]), args.out, nrow=len(videos), mark=mark.cpu())
         print(f"wrote {args.out}")
