@@ -169,6 +169,7 @@ def load_mnist(mnist_dir=None, split='train', download=True, fallback=True, cach
     return (*render_font_digits(10_000), FALLBACK_SOURCE)
 
 
+FRESH = 1 << 62  # an index space no run exhausts: every training item a new video
 HELD_OUT_FRACTION = 0.1  # of the training split's digits, held out when MNIST's test split is not there
 
 
@@ -662,8 +663,11 @@ def make_dataset(tcfg, n_frames, resolution, train=True):
         digits, labels, source = mnist_digits(tcfg.mnist_dir or None, train)
         print(f"Moving MNIST from {source}")
         # one digit per video: its class is a 'label', for class-conditional priors (GPTConfig.cond_dim=10)
+        # Training draws a fresh video for every item (index space 2^62) unless dataset_size fixes a set; held-out
+        # sets are fixed (10,000 videos, as many as the standard test file) so that scores are comparable.
+        size = tcfg.dataset_size or (FRESH if train else 10_000)
         return MovingMNIST(digits, n_frames=n_frames, n_digits=tcfg.n_digits, seed=tcfg.seed + (not train),
-                           labels=labels if tcfg.n_digits == 1 else None)
+                           labels=labels if tcfg.n_digits == 1 else None, length=size)
     if tcfg.dataset in ('bair', 'folder') and not tcfg.data_dir:  # never scan the current folder by accident
         raise ValueError(f"--dataset {tcfg.dataset} needs --data-dir DIR: "
                          f"{'the folder data.py bair wrote' if tcfg.dataset == 'bair' else 'a folder of videos'}")

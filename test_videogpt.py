@@ -708,6 +708,49 @@ def test_fvd_runs_the_whole_pipeline_through_a_scripted_network(tmp_path):
     assert abs(same) < 1e-6 and other > 1e-3
 
 
+def test_codebook_stats_perplexity_and_usage():
+    assert vg.codebook_stats(torch.tensor([5, 5, 5, 5])) == pytest.approx((4.0, 1.0))  # all used equally: K
+    assert vg.codebook_stats(torch.tensor([0, 7, 0, 0])) == pytest.approx((1.0, 0.25))  # one code
+    p = torch.tensor([0.5, 0.25, 0.25, 0.0])
+    assert vg.codebook_stats(p * 8) == pytest.approx((2 ** 1.5, 0.75))  # entropy 1.5 bits
+
+
+def test_prediction_scores_are_the_leaderboards_per_frame_mse_ssim_and_psnr():
+    real = torch.zeros(2, 1, 3, 16, 16) - 0.5
+    pred = real.clone()
+    pred[0, :, 1, :4, :4] += 0.5  # 16 pixels off by 0.5 in one of 3 frames: 16 * 0.25 / 3 per frame
+    pred[1] += 0.1                # every pixel off by 0.1: 256 * 0.01 per frame, PSNR 20 dB
+    s = vg.prediction_scores(pred, real)
+    assert s['mse'].tolist() == pytest.approx([16 * 0.25 / 3, 2.56])
+    assert s['psnr'][1].item() == pytest.approx(20.0, abs=1e-4)
+    frame_psnr = 10 * math.log10(256 / (16 * 0.25))  # frames 0 and 2 are exact: PSNR capped at 100 dB
+    assert s['psnr'][0].item() == pytest.approx((100 + frame_psnr + 100) / 3, abs=1e-3)
+    assert s['ssim'].tolist() == pytest.approx(vg.ssim(pred, real).tolist())
+
+
+def test_predict_frames_encodes_only_the_context_and_continues_it():
+    torch.manual_seed(0)
+    vq = tiny_vqvae(sequence_length=8).eval()  # windows of 8 frames = 4 latent frames of 4x4
+    vq(video(T=8))
+    g = tiny_gpt(n_codes=32, latent_shape=(4, 4, 4)).eval()
+    context, calls = video(T=4), []
+    encode = vq.encode
+    vq.encode = lambda x: calls.append(x) or encode(x)
+    gen = lambda: torch.Generator().manual_seed(0)
+    pred = vg.predict_frames(vq, g, context, 8, generator=gen(), top_k=1)  # 4 + 8 frames: one slide past the window
+    assert pred.shape == (2, 1, 8, 8, 8) and pred.abs().max() <= 0.5
+    padded = calls[0]  # the context, then copies of its last frame: no other pixel is ever encoded
+    assert len(calls) == 1 and torch.equal(padded[:, :, :4], context)
+    assert all(torch.equal(padded[:, :, i], context[:, :, 3]) for i in range(4, 8))
+    given = encode(padded)[:, :2]  # the 2 latent frames that cover the 4 context frames
+    codes = g.sample(2, top_k=1, given=encode(padded), given_mask=vg.task_mask('fp', (4, 4, 4), 2), n_latent_frames=6)
+    assert torch.equal(codes[:, :2], given)
+    torch.testing.assert_close(pred, vq.decode(codes)[:, :, 4:12].clamp(-0.5, 0.5))
+    masked = tiny_gpt(n_codes=32, latent_shape=(4, 4, 4), causal=False, tasks=('fp',)).eval()
+    assert vg.predict_frames(vq, masked, context, 4, steps=2).shape == (2, 1, 4, 8, 8)
+    _raises(ValueError, 'give 1 to 7', lambda: vg.predict_frames(vq, g, video(T=8), 2))
+
+
 def test_evaluate_scores_a_class_conditional_prior_with_its_labels():
     torch.manual_seed(0)
     vq = tiny_vqvae().eval()
@@ -979,6 +1022,26 @@ def test_checkpoint_contents_and_reload(tmp_path):
     assert (tmp_path / 'loss.png').exists()
 
 
+def test_exported_weights_load_and_pretrained_files_are_hash_checked(tmp_path, monkeypatch):
+    vq = vg.train(tiny_vqvae(), 'vqvae', vg.vqvae_step, _Clips(), _tcfg(tmp_path / 'run'), _tiny_vcfg())
+    vg.export_weights(tmp_path / 'run' / 'ckpt.pt', tmp_path / 'weights' / 'toy' / 'vqvae.pt')
+    small = vg.load_checkpoint(tmp_path / 'weights' / 'toy' / 'vqvae.pt', 'vqvae')
+    assert 'optimizer' not in small and all(v.dtype == torch.float16 for v in small['model'].values()
+                                            if v.is_floating_point())
+    x = video()
+    with torch.no_grad():  # fp16 storage, fp32 model: the same reconstructions to fp16's precision
+        torch.testing.assert_close(vg.load_model(tmp_path / 'weights' / 'toy' / 'vqvae.pt')(x)['x_hat'],
+                                   vq.eval()(x)['x_hat'], atol=2e-2, rtol=0)
+    digest = hashlib.sha256((tmp_path / 'weights' / 'toy' / 'vqvae.pt').read_bytes()).hexdigest()
+    monkeypatch.setattr(vg, '__file__', str(tmp_path / 'videogpt.py'))  # weights/ beside it
+    monkeypatch.setitem(vg.PRETRAINED, 'toy', {'vqvae.pt': digest})
+    (loaded,) = vg.load_pretrained('toy')
+    assert isinstance(loaded, vg.VQVAE) and not loaded.training
+    monkeypatch.setitem(vg.PRETRAINED, 'toy', {'vqvae.pt': '0' * 64})
+    _raises(ValueError, 'has sha256 .* expected 0000', lambda: vg.load_pretrained('toy'))
+    _raises(ValueError, 'choose one of', lambda: vg.load_pretrained('imagenet'))
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     def step_fn(model, batch):
         loss, metrics = vg.vqvae_step(model, batch)
@@ -1123,6 +1186,42 @@ def test_command_line_train_both_stages_then_sample(tmp_path, mnist_dir):
     assert iio.imread(tmp_path / 'long.gif').shape[0] == 13
     with pytest.raises(SystemExit):
         vg.main(['sample', '--gpt', str(tmp_path / 'gpt' / 'ckpt.pt'), '--frames', '5', '--labels', '1'])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')  # torch.jit: the format the I3D file comes in
+def test_eval_command_scores_reconstruction_prediction_and_fvd(tmp_path, mnist_dir, capsys):
+    common = ['--preset', 'demo', '--mnist-dir', mnist_dir, '--steps', 2, '--batch-size', 2, '--num-workers', 0,
+              '--warmup', 1, '--n-digits', 1]
+    vg.main(['train-vqvae', *map(str, common), '--out-dir', str(tmp_path / 'vq'), '--n-hiddens', '16'])
+    vg.main(['train-gpt', *map(str, common), '--out-dir', str(tmp_path / 'gpt'), '--n-layer', '1', '--cond-dim', '0',
+             '--cond-dropout', '0', '--vqvae', str(tmp_path / 'vq' / 'ckpt.pt')])  # unconditional: any videos
+    torch.jit.script(_StandInI3D()).save(str(tmp_path / 'i3d.pt'))
+    seq = np.random.default_rng(0).integers(0, 256, (12, 3, 64, 64), dtype=np.uint8)  # (T, N, 64, 64), time first
+    np.save(tmp_path / 'seq.npy', seq)
+
+    def run(*a):
+        vg.main(['eval', '--vqvae', str(tmp_path / 'vq' / 'ckpt.pt'), '--n', '3', '--batch-size', '2', '--json',
+                 str(tmp_path / 'e.json'), *map(str, a)])
+        return json.loads((tmp_path / 'e.json').read_text())
+    scores = run('--gpt', tmp_path / 'gpt' / 'ckpt.pt', '--context', 4, '--future', 6, '--i3d', tmp_path / 'i3d.pt')
+    assert scores['4->6 mse'] > 0 and scores['uniform_bits'] == 6 and scores['fvd'] > 0 and scores['videos'] == 3
+    held = data.make_dataset(vg.TrainConfig(mnist_dir=str(mnist_dir), n_digits=1), 8, 64, train=False)
+    batch = torch.utils.data.default_collate([held[i] for i in range(3)])
+    want = vg.evaluate(vg.load_model(tmp_path / 'vq' / 'ckpt.pt'), vg.load_model(tmp_path / 'gpt' / 'ckpt.pt'),
+                       batch['video'])
+    assert all(scores[k] == pytest.approx(v, rel=1e-5) for k, v in want.items())
+    import imageio.v3 as iio
+    assert iio.imread(tmp_path / 'e.gif').shape[0] == 10  # 4 real frames + 6 predicted, past the 8-frame window
+    assert 'bits_per_token' in capsys.readouterr().out
+    on_file = run('--gpt', tmp_path / 'gpt' / 'ckpt.pt', '--context', 4, '--future', 6, '--test-seq',
+                  tmp_path / 'seq.npy', '--top-k', 1)  # noise videos: predictions far from them
+    x = torch.as_tensor(seq[:10]).permute(1, 0, 2, 3)[:, None].float() / 255 - 0.5  # (3, 1, 10, 64, 64)
+    pred = vg.predict_frames(vg.load_model(tmp_path / 'vq' / 'ckpt.pt'), vg.load_model(tmp_path / 'gpt' / 'ckpt.pt'),
+                             x[:, :, :4], 6, top_k=1)  # greedy: the same tokens in any batch
+    assert on_file['4->6 mse'] == pytest.approx(vg.prediction_scores(pred, x[:, :, 4:])['mse'].mean().item(), rel=1e-4)
+    vq_only = run()  # no prior: reconstruction scores only
+    assert 'bits_per_token' not in vq_only and '10->10 mse' not in vq_only and vq_only['videos'] == 3
 
 
 def test_sample_command_with_frames_from_a_video_file_and_an_actions_file(tmp_path):
@@ -1353,6 +1452,23 @@ def test_data_held_out_moving_mnist_never_shows_a_training_digit(tmp_path):
     _data_write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', test_images, 2051)
     _data_write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', labels[:7].astype('uint8'), 2049)
     assert np.array_equal(data.make_dataset(tc, 4, 64, train=False).digits, test_images)
+
+
+def test_data_moving_mnist_training_draws_fresh_videos_unless_sized(tmp_path):
+    _data_fake_mnist(tmp_path, n=20)
+    tc = vg.TrainConfig(mnist_dir=str(tmp_path), n_digits=2)
+    train, held = data.make_dataset(tc, 4, 64), data.make_dataset(tc, 4, 64, train=False)
+    assert len(train) == data.FRESH and len(held) == 10_000  # held-out sets stay fixed, for comparable scores
+    far = train[data.FRESH - 1]['video']  # any index is a valid, distinct video
+    assert far.shape == (1, 4, 64, 64) and not torch.equal(far, train[0]['video'])
+    assert len(data.make_dataset(vg.TrainConfig(mnist_dir=str(tmp_path), dataset_size=500), 4, 64)) == 500
+    gcfg = vg.GPTConfig(n_codes=32, latent_shape=(2, 16, 16))
+    vq_path = tmp_path / 'vq.pt'
+    vg.save_checkpoint(vq_path, kind='vqvae', config=vg.asdict(vg.VQVAEConfig(
+        sequence_length=4, downsample=(2, 4, 4), n_hiddens=16, n_codes=32)), model=vg.VQVAE(vg.VQVAEConfig(
+            sequence_length=4, downsample=(2, 4, 4), n_hiddens=16, n_codes=32)).state_dict())
+    _raises(ValueError, '--dataset-size N', lambda: vg.train_gpt(gcfg, vg.TrainConfig(
+        out_dir=str(tmp_path / 'g'), mnist_dir=str(tmp_path), vqvae=str(vq_path), codes_file=str(tmp_path / 'c.pt'))))
 
 
 def test_data_moving_mnist_labels_name_the_digit_shown():

@@ -892,27 +892,56 @@ def fvd(videos_a, videos_b, i3d, batch_size=16):
     return frechet_distance(features(videos_a), features(videos_b))
 
 
+def codebook_stats(counts):
+    """(perplexity, usage) from a histogram of codes, torch.bincount(codes.flatten(), minlength=n_codes): exp of its
+    entropy (n_codes when all codes are used equally often, 1 when one is) and the fraction of codes ever used."""
+    p = counts.double() / counts.sum()
+    return torch.exp(-(p * p.clamp(min=1e-300).log()).sum()).item(), (p > 0).double().mean().item()
+
+
+def prediction_scores(pred, real):
+    """Frame prediction as the Moving MNIST leaderboards score it, for predicted and real frames (B, C, T, H, W) in
+    [-0.5, 0.5]: per-frame MSE (squared error summed over a frame's pixels in [0, 1], averaged over its frames),
+    SSIM, and PSNR of each frame averaged over frames; each (B,)."""
+    frames = [rearrange(v.float(), 'B C T H W -> (B T) C 1 H W') for v in (pred, real)]
+    per_frame = lambda f: f(*frames).view(len(pred), -1).mean(1)
+    return dict(mse=(pred.float() - real.float()).pow(2).sum((1, 3, 4)).mean(1), ssim=ssim(pred, real),
+                psnr=per_frame(psnr))
+
+
 @torch.no_grad()
 def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
     """Held-out scores of videos (N, C, T, H, W) in [-0.5, 0.5]: reconstruction PSNR (peak-to-peak 1), SSIM, NMSE
-    (MSE / the videos' variance, table 3) and the prior's bits per token, given cond (labels or vectors) and the
-    videos' first frames as needed. Both models run in eval mode (the codebook never moves), then regain their mode."""
-    modes = vqvae.training, gpt.training
-    vqvae.eval(), gpt.eval()
-    device = next(gpt.parameters()).device
+    (MSE / the videos' variance, table 3), the codes' perplexity and usage (codebook_stats) and, with a prior (gpt may
+    be None), its bits per token given cond (labels or vectors) and the videos' first frames as needed. Both models run
+    in eval mode (the codebook never moves), then regain their mode."""
+    models = [m for m in (vqvae, gpt) if m is not None]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    device = next(vqvae.parameters()).device
     sq = nats = ssim_sum = 0.0
+    counts = torch.zeros(vqvae.config.n_codes, dtype=torch.long)
     conds = [None] * len(video) if cond is None else cond.split(batch_size)  # zip stops at the videos' batches
     for x, c in zip(video.split(batch_size), conds):
         x = x.to(device)
-        x_hat = vqvae(x)['x_hat'].clamp(-0.5, 0.5)
+        out = vqvae(x)
+        x_hat = out['x_hat'].clamp(-0.5, 0.5)
+        counts += torch.bincount(out['codes'].flatten().cpu(), minlength=len(counts))
         sq += F.mse_loss(x_hat, x, reduction='sum').item()
         ssim_sum += ssim(x_hat, x).sum().item() if min(x.shape[-2:]) >= 11 else math.nan  # needs 11x11 frames
-        frames = x[:, :, :gpt.config.n_cond_frames] if gpt.config.n_cond_frames else None
-        nats += gpt(vqvae.encode(x), frames, None if c is None else c.to(device))[1].item() * len(x)
-    vqvae.train(modes[0]), gpt.train(modes[1])
+        if gpt is not None:
+            frames = x[:, :, :gpt.config.n_cond_frames] if gpt.config.n_cond_frames else None
+            nats += gpt(out['codes'], frames, None if c is None else c.to(device))[1].item() * len(x)
+    for m, mode in zip(models, modes):
+        m.train(mode)
     mse = sq / video.numel()
-    return dict(psnr=10 * math.log10(1 / mse), ssim=ssim_sum / len(video), nmse=mse / video.float().var().item(),
-                bits_per_token=nats / len(video) / math.log(2))
+    perplexity, usage = codebook_stats(counts)
+    scores = dict(psnr=10 * math.log10(1 / mse), ssim=ssim_sum / len(video), nmse=mse / video.float().var().item(),
+                  perplexity=perplexity, usage=usage)
+    if gpt is not None:
+        scores.update(bits_per_token=nats / len(video) / math.log(2), uniform_bits=math.log2(gpt.config.n_codes))
+    return scores
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -929,6 +958,9 @@ PRESETS = {  # name: (VQVAEConfig overrides, GPTConfig overrides)
     'ucf101': (  # 16x128x128 RGB -> 4x32x32, class-conditional (101 classes)
         dict(in_channels=3, resolution=128, downsample=(4, 4, 4), n_res_layers=4, embedding_dim=256, n_codes=1024),
         dict(n_embd=1024, n_head=8, n_layer=20, dropout=0.2, cond_dim=101)),
+    # Two digits, 16 frames -> 8x16x16 codes, both stages in under 2 hours on a 2-core CPU (README, Results).
+    'mnist-cpu': (dict(downsample=(2, 4, 4), n_hiddens=64, n_codes=512),
+                  dict(n_embd=192, n_head=4, n_layer=4, dropout=0.0)),
     # Both stages on a 2-core CPU in minutes: 8 frames of one digit -> 8x8x8 codes, a class-conditional prior. No time
     # downsampling (codes mixing motion drew scribbles), 64 codes (more spread the black background; RESULTS.md).
     'demo': (dict(sequence_length=8, downsample=(1, 8, 8), n_hiddens=64, n_res_layers=1, n_codes=64),
@@ -974,6 +1006,7 @@ class TrainConfig:
     data_dir: str = ''               # converted BAIR folder, or a folder of videos
     mnist_dir: str = ''              # folder with the MNIST .gz files (default: cache, download, font fallback)
     n_digits: int = 2                # digits per Moving MNIST video
+    dataset_size: int = 0            # Moving MNIST training videos: 0 draws a fresh one for every item; N fixes N
     vqvae: str = ''                  # train-gpt: the VQ-VAE checkpoint whose codes the prior models
     codes_file: str = ''             # train-gpt: encode a fixed-size dataset once into this file and train on it
 
@@ -1038,6 +1071,39 @@ def load_model(path, kind=None):
     model = cls(cfg_cls(**ckpt['config']))
     model.load_state_dict(ckpt['model'])
     return model.eval()
+
+
+def export_weights(ckpt_path, out_path, vqvae_rel=None):
+    """A checkpoint's model in fp16 with its kind and config (no optimizer or RNG state): a third of its size, for
+    sharing. vqvae_rel: for a prior, where its VQ-VAE's file lies relative to out_path's folder."""
+    ckpt = load_checkpoint(ckpt_path)
+    out = dict(kind=ckpt['kind'], config=ckpt['config'], train_config=ckpt.get('train_config', {}),
+               model={k: v.half() if v.is_floating_point() else v for k, v in ckpt['model'].items()})
+    if ckpt['kind'] == 'gpt':
+        out.update(vqvae=ckpt['vqvae'], vqvae_rel=vqvae_rel or ckpt.get('vqvae_rel', ''))
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    save_checkpoint(out_path, **out)
+
+
+# name: {file in weights/: sha256}; the files are committed, made by the commands in the README's Results section
+PRETRAINED = {'moving-mnist': {}}
+
+
+def load_pretrained(name='moving-mnist', device='cpu'):
+    """(vqvae, gpt) in eval mode from the weights committed under weights/NAME/, after checking their sha256."""
+    import hashlib
+    if name not in PRETRAINED:
+        raise ValueError(f"no pretrained weights named {name!r}: choose one of {', '.join(PRETRAINED)}")
+    models = []
+    for file, digest in PRETRAINED[name].items():
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights', name, file)
+        with open(path, 'rb') as f:
+            got = hashlib.sha256(f.read()).hexdigest()
+        if got != digest:  # a Git LFS pointer, a truncated copy or a changed file: never load it silently
+            raise ValueError(f"{path} has sha256 {got}, expected {digest}: check it out again (git checkout -- "
+                             f"{os.path.relpath(path)}); if it is a Git LFS pointer, run git lfs pull")
+        models.append(load_model(path).to(device))
+    return tuple(models)
 
 
 def make_optimizer(model, tcfg, device):
@@ -1189,6 +1255,8 @@ def train_gpt(gcfg, tcfg, dataset=None):
                          f"makes {', '.join(f'{k}={getattr(fitted, k)}' for k in keys)}: build the prior's config "
                          "with fit_prior(gcfg, vqvae.config)")
     dataset = dataset or data.make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)
+    if tcfg.codes_file and len(dataset) >= data.FRESH:
+        raise ValueError("--codes-file encodes a fixed set: give Moving MNIST one with --dataset-size N (e.g. 20000)")
     if tcfg.codes_file:
         encoded = data.encode_dataset(vqvae, dataset, tcfg.codes_file, n_frames=gcfg.n_cond_frames)
         dataset = data.CodesDataset(dataset, encoded, keep_video=gcfg.n_cond_frames > 0)
@@ -1258,6 +1326,28 @@ def complete_video(vqvae, gpt, video, task, n_given=1, frames=None, cond=None, g
     return vqvae.decode(codes).clamp(-0.5, 0.5), pixels
 
 
+@torch.no_grad()
+def predict_frames(vqvae, gpt, context, n_future, cond=None, generator=None, **sampling):
+    """Frame prediction: real frames context (B, C, T0, H, W) -> n_future sampled frames (B, C, n_future, H, W).
+    Only the context is encoded, padded to the VQ-VAE's window with copies of its last frame; the latent frames that
+    cover context frames alone are kept (the encoder mixes frames, so no later one may be encoded), and the prior
+    continues them (a causal prior as a prefix, a masked one as task fp), sliding past its window (sample_long).
+    A frame-conditioned prior also gets the context's first frames, as in training."""
+    vc, T0 = vqvae.config, context.shape[2]
+    t, d, T = vc.latent_shape[0], vc.downsample[0], vc.sequence_length
+    if not 0 < T0 < T or n_future < 1:
+        raise ValueError(f"{T0} context frames: give 1 to {T - 1} (fewer than the VQ-VAE's {T}-frame window) and "
+                         f"n_future >= 1, got {n_future}")
+    vqvae.eval()  # never move the codebook while encoding
+    n_given = T0 // d
+    padded = torch.cat([context, context[:, :, -1:].expand(-1, -1, T - T0, -1, -1)], dim=2)
+    given = dict(given=vqvae.encode(padded), given_mask=task_mask('fp', vc.latent_shape, n_given)) if n_given else {}
+    frames = context[:, :, :gpt.config.n_cond_frames] if gpt.config.n_cond_frames else None
+    n_latent = max(t, -(-(T0 + n_future) // d))  # latent frames that reach the last predicted frame
+    codes = gpt.sample(len(context), frames, cond, generator=generator, n_latent_frames=n_latent, **given, **sampling)
+    return vqvae.decode(codes)[:, :, T0:T0 + n_future].clamp(-0.5, 0.5)
+
+
 def _strict_bool(text):
     """true/false, yes/no or 1/0; anything else is an error, so that a typo never reads as false."""
     if text.lower() not in ('true', 'false', 'yes', 'no', '1', '0'):
@@ -1311,11 +1401,67 @@ def _sample_inputs(args):
     return (batch.get('video'), *gpt_inputs(gcfg, batch))
 
 
+def _held_out(args, ckpt, n_frames, resolution):
+    """The held-out split of the dataset a checkpoint was trained on (--dataset, --data-dir, --mnist-dir override)."""
+    given = {k: getattr(args, k) for k in ('dataset', 'data_dir', 'mnist_dir') if getattr(args, k)}
+    return data.make_dataset(TrainConfig(**dict(ckpt.get('train_config', {}), **given)), n_frames, resolution, False)
+
+
+@torch.no_grad()
+def eval_command(args):
+    """`eval`: evaluate() on args.n held-out videos, 10 -> 10 style frame prediction with a prior (args.context real
+    frames, args.future predicted, scored by prediction_scores), FVD with --i3d; a table on stdout and a JSON file."""
+    from tqdm import tqdm
+    device, t0 = setup_device()[0], time.time()
+    vqvae = load_model(args.vqvae, 'vqvae').to(device)
+    gpt = load_model(args.gpt, 'gpt').to(device) if args.gpt else None
+    ckpt, vc = load_checkpoint(args.gpt or args.vqvae), vqvae.config  # the prior's data: its labels or actions
+    held = _held_out(args, ckpt, vc.sequence_length, vc.resolution)
+    n = min(args.n, len(held))
+    batch = torch.utils.data.default_collate([held[i] for i in tqdm(range(n), desc='videos', disable=None)])
+    cond = gpt_inputs(gpt.config, batch)[1] if gpt else None
+    scores = dict(videos=n, **evaluate(vqvae, gpt, batch['video'], cond, args.batch_size))
+    real, fake = batch['video'], None  # what FVD compares: reconstructions, or predicted continuations
+    if gpt is not None and args.future:
+        T = args.context + args.future
+        ds = (data.load_moving_mnist_test(args.test_seq, md5=None, n_context=args.context) if args.test_seq else
+              _held_out(args, ckpt, T, vc.resolution))
+        if ds[0]['video'].shape[1] < T:
+            sys.exit(f"the held-out videos have {ds[0]['video'].shape[1]} frames, fewer than --context + --future")
+        sampling = dict(temperature=args.temperature, **(dict(top_k=args.top_k) if gpt.config.causal else
+                                                          dict(steps=args.steps)))  # masked decoding takes no top_k
+        g, sums, real, fake = torch.Generator(device).manual_seed(args.seed), {}, [], []
+        for start in tqdm(range(0, min(n, len(ds)), args.batch_size), desc='prediction', disable=None):
+            b = torch.utils.data.default_collate([ds[i] for i in range(start, min(n, len(ds), start + args.batch_size))])
+            x, c = b['video'][:, :, :T], gpt_inputs(gpt.config, b)[1]
+            pred = predict_frames(vqvae, gpt, x[:, :, :args.context].to(device), args.future,
+                                  None if c is None else c.to(device), g, **sampling).cpu()
+            for k, v in prediction_scores(pred, x[:, :, args.context:]).items():
+                sums[k] = sums.get(k, 0.0) + v.sum().item()
+            real.append(x), fake.append(torch.cat([x[:, :, :args.context], pred], dim=2))
+        real, fake = torch.cat(real), torch.cat(fake)
+        scores.update({f'{args.context}->{args.future} {k}': v / len(real) for k, v in sums.items()})
+        data.save_video_grid(torch.cat([real[:8], fake[:8]]), os.path.splitext(args.json)[0] + '.gif',
+                             nrow=min(8, len(real)))  # real videos on the top row, predictions below
+    if args.i3d:
+        if fake is None:
+            fake = torch.cat([vqvae(x.to(device))['x_hat'].clamp(-0.5, 0.5).cpu() for x in real.split(args.batch_size)])
+        scores['fvd'] = fvd(real, fake, torch.jit.load(args.i3d, map_location=device).eval(), args.batch_size)
+    scores['seconds'] = round(time.time() - t0, 1)
+    for k, v in scores.items():
+        print(f"{k:<24} {v:.4g}" if isinstance(v, float) else f"{k:<24} {v}")
+    info = dict(vqvae=args.vqvae, gpt=args.gpt, test_seq=args.test_seq, context=args.context, future=args.future,
+                temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    data.atomic_write(args.json, lambda tmp: open(tmp, 'w').write(json.dumps(dict(info, **scores), indent=1)))
+    print(f"wrote {args.json}")
+    return scores
+
+
 def demo(args):
     """Both stages on Moving MNIST with the 'demo' preset, then samples.gif and recon.png in args.out_dir."""
     vcfg, gcfg = preset_configs('demo')
-    common = dict(dataset='mnist', mnist_dir=args.mnist_dir, n_digits=1, num_workers=0, log_every=50, warmup=100,
-                  overwrite=True, batch_size=8)  # one digit, its class the condition: two drew scribbles (RESULTS.md)
+    common = dict(dataset='mnist', mnist_dir=args.mnist_dir, n_digits=1, dataset_size=10_000, num_workers=0,
+                  log_every=50, warmup=100, overwrite=True, batch_size=8)  # one digit, its class the condition: two drew scribbles (RESULTS.md)
     t0 = time.time()
     train_vqvae(vcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'vqvae'), steps=args.vqvae_steps, lr=1e-3,
                                   sample_every=args.vqvae_steps, ckpt_every=args.vqvae_steps, **common))
@@ -1364,6 +1510,19 @@ def main(argv=None):
                    "class-conditional priors (the demo's: digits 0-9)")
     for flag in ('--dataset', '--data-dir', '--mnist-dir'):  # default: the dataset the prior was trained on
         s.add_argument(flag, default='')
+    e = sub.add_parser('eval', help="score a VQ-VAE (and a prior) on held-out videos: a table and a JSON file")
+    e.add_argument('--vqvae', required=True, help="a VQ-VAE's ckpt.pt")
+    e.add_argument('--gpt', default='', help="a prior's ckpt.pt: adds bits per token and frame prediction")
+    for flag, kind, default, what in (
+            ('--n', int, 256, "held-out videos"), ('--batch-size', int, 16, ""),
+            ('--context', int, 10, "real frames given for prediction"), ('--future', int, 10, "frames predicted "
+             "(0: none)"), ('--temperature', float, 1.0, ""), ('--top-k', int, None, ""), ('--steps', int, 12,
+             "masked priors' passes"), ('--seed', int, 0, ""), ('--json', str, 'eval.json', "the scores; the "
+             "predictions go to the same name .gif"), ('--test-seq', str, '', "mnist_test_seq.npy: predict its "
+             "videos"), ('--i3d', str, '', "a TorchScript I3D file: adds FVD (see fvd)")):
+        e.add_argument(flag, type=kind, default=default, help=what or None)
+    for flag in ('--dataset', '--data-dir', '--mnist-dir'):  # default: the dataset the checkpoint was trained on
+        e.add_argument(flag, default='')
     d = sub.add_parser('demo', help="train both stages on Moving MNIST on a CPU (<10 min), write samples.gif")
     for name, default in dict(out_dir='runs/demo', mnist_dir='', vqvae_steps=400, gpt_steps=1300).items():
         d.add_argument('--' + name.replace('_', '-'), type=type(default), default=default)
@@ -1408,6 +1567,10 @@ def main(argv=None):
             mark = torch.stack([torch.zeros_like(given), given]).repeat_interleave(len(videos), 0)  # real row: none
             data.save_video_grid(torch.cat([videos, out.cpu()]), args.out, nrow=len(videos), mark=mark.cpu())
         print(f"wrote {args.out}")
+    elif args.cmd == 'eval':
+        if args.n < 1 or args.batch_size < 1 or args.future < 0 or args.context < 1:
+            p.error("--n, --batch-size and --context must be at least 1, --future at least 0")
+        eval_command(args)
     elif args.cmd == 'demo':
         demo(args)
 
