@@ -958,8 +958,9 @@ PRESETS = {  # name: (VQVAEConfig overrides, GPTConfig overrides)
     'ucf101': (  # 16x128x128 RGB -> 4x32x32, class-conditional (101 classes)
         dict(in_channels=3, resolution=128, downsample=(4, 4, 4), n_res_layers=4, embedding_dim=256, n_codes=1024),
         dict(n_embd=1024, n_head=8, n_layer=20, dropout=0.2, cond_dim=101)),
-    # Two digits, 16 frames -> 8x16x16 codes, both stages in under 2 hours on a 2-core CPU (README, Results).
-    'mnist-cpu': (dict(downsample=(2, 4, 4), n_hiddens=64, n_codes=512),
+    # Two digits, 8 frames -> 8x16x16 codes, both stages in under 2 hours on a 2-core CPU (README, Results). No time
+    # downsampling: at (2, 4, 4) on 16 frames reconstructions stalled near 19 dB; (1, 4, 4) on 16 is 4,096 tokens.
+    'mnist-cpu': (dict(sequence_length=8, downsample=(1, 4, 4), n_hiddens=64, n_codes=512),
                   dict(n_embd=192, n_head=4, n_layer=4, dropout=0.0)),
     # Both stages on a 2-core CPU in minutes: 8 frames of one digit -> 8x8x8 codes, a class-conditional prior. No time
     # downsampling (codes mixing motion drew scribbles), 64 codes (more spread the black background; RESULTS.md).
@@ -1329,23 +1330,25 @@ def complete_video(vqvae, gpt, video, task, n_given=1, frames=None, cond=None, g
 @torch.no_grad()
 def predict_frames(vqvae, gpt, context, n_future, cond=None, generator=None, **sampling):
     """Frame prediction: real frames context (B, C, T0, H, W) -> n_future sampled frames (B, C, n_future, H, W).
-    Only the context is encoded, padded to the VQ-VAE's window with copies of its last frame; the latent frames that
-    cover context frames alone are kept (the encoder mixes frames, so no later one may be encoded), and the prior
-    continues them (a causal prior as a prefix, a masked one as task fp), sliding past its window (sample_long).
-    A frame-conditioned prior also gets the context's first frames, as in training."""
-    vc, T0 = vqvae.config, context.shape[2]
+    The first window starts at frame s = max(0, T0 - (t - 1) d), so that a latent frame is left to sample. Only the
+    context is encoded, padded to the window with copies of its last frame, and only the latent frames made of context
+    frames alone are kept (the encoder mixes frames, so no later one may be encoded); the prior continues them (a
+    causal prior as a prefix, a masked one as task fp), sliding past its window (sample_long). A frame-conditioned
+    prior gets the window's first frames, as in training."""
+    vc, gc, T0 = vqvae.config, gpt.config, context.shape[2]
     t, d, T = vc.latent_shape[0], vc.downsample[0], vc.sequence_length
-    if not 0 < T0 < T or n_future < 1:
-        raise ValueError(f"{T0} context frames: give 1 to {T - 1} (fewer than the VQ-VAE's {T}-frame window) and "
-                         f"n_future >= 1, got {n_future}")
+    s = max(0, T0 - (t - 1) * d)
+    if T0 < 1 or n_future < 1 or T0 - s < gc.n_cond_frames:
+        raise ValueError(f"{T0} context frames and n_future={n_future}: give at least 1 of each, and at least "
+                         f"n_cond_frames={gc.n_cond_frames} frames for this frame-conditioned prior")
     vqvae.eval()  # never move the codebook while encoding
-    n_given = T0 // d
-    padded = torch.cat([context, context[:, :, -1:].expand(-1, -1, T - T0, -1, -1)], dim=2)
+    clip, n_given = context[:, :, s:], (T0 - s) // d
+    padded = torch.cat([clip, clip[:, :, -1:].expand(-1, -1, T - clip.shape[2], -1, -1)], dim=2)
     given = dict(given=vqvae.encode(padded), given_mask=task_mask('fp', vc.latent_shape, n_given)) if n_given else {}
-    frames = context[:, :, :gpt.config.n_cond_frames] if gpt.config.n_cond_frames else None
-    n_latent = max(t, -(-(T0 + n_future) // d))  # latent frames that reach the last predicted frame
+    frames = clip[:, :, :gc.n_cond_frames] if gc.n_cond_frames else None
+    n_latent = max(t, -(-(T0 - s + n_future) // d))  # latent frames that reach the last predicted frame
     codes = gpt.sample(len(context), frames, cond, generator=generator, n_latent_frames=n_latent, **given, **sampling)
-    return vqvae.decode(codes)[:, :, T0:T0 + n_future].clamp(-0.5, 0.5)
+    return vqvae.decode(codes)[:, :, T0 - s:T0 - s + n_future].clamp(-0.5, 0.5)
 
 
 def _strict_bool(text):
