@@ -219,6 +219,18 @@ def test_perplexity_and_usage_reported():
     assert 0.0 < out['usage'] <= 1.0
 
 
+def test_reconstruction_loss_ignores_overshoot_past_a_bound_the_target_sits_on():
+    x = torch.tensor([-0.5, -0.5, 0.5, 0.5, 0.1, 0.1, -0.5])
+    x_hat = torch.tensor([-0.9, -0.4, 0.8, 0.3, 0.3, -0.7, -0.5])
+    # free: below black on black, above white on white; counted: everything else, including -0.7 for 0.1
+    assert vg.bounded_mse(x_hat, x).item() == pytest.approx((0.1 ** 2 + 0.2 ** 2 + 0.2 ** 2 + 0.8 ** 2) / 7)
+    vq = tiny_vqvae().train()
+    v = video().clamp(-0.3, 0.5)
+    v[:, :, :, :2] = -0.5  # a black band, as in Moving MNIST
+    out = vq(v)
+    assert out['recon_loss'].item() == pytest.approx((vg.bounded_mse(out['x_hat'], v) / v.var()).item(), rel=1e-5)
+
+
 def test_recon_loss_normalised_by_measured_variance():
     m = tiny_vqvae()
     x = video(4) * 0.5

@@ -9,9 +9,8 @@ GroupNorm instead of BatchNorm, learned position embeddings in the VQ-VAE's axia
 code did not), every power-of-2 downsampling builds, a measured data variance instead of `/ 0.06`, a distributed-safe
 EMA codebook kept in fp32, `F.scaled_dot_product_attention` with a KV cache, and a plain PyTorch training loop.
 
-Axis legend used in every shape comment: B batch, C channels, T/H/W video frames/height/width, t/h/w latent grid,
-    L = t*h*w tokens, D width (of the VQ-VAE trunk or the transformer), E codebook vector size, K number of codes,
-    S conditioning tokens, nh heads, hd = D // nh head size. Videos: float (B, C, T, H, W) in [-0.5, 0.5]; codes: int64.
+Axis legend: B batch, C channels, T/H/W video frames/height/width, t/h/w latent grid, L = t*h*w tokens, D width,
+    E code size, K codes, S conditioning tokens, nh heads, hd = D // nh. Videos (B, C, T, H, W) in [-0.5, 0.5].
 """
 import argparse
 import json
@@ -27,7 +26,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from einops import rearrange
+from einops import rearrange, repeat
 
 import data  # datasets, the codes file and pictures: only the training loop and the command line use it
 
@@ -40,8 +39,7 @@ def _is_dist():
 
 
 def attention(q, k, v, causal=False, dropout_p=0.0, fast=True):
-    """Multi-head attention. q (..., Lq, hd), k and v (..., Lk, hd) -> (..., Lq, hd). With `causal`, query i may see
-    keys j <= i + (Lk - Lq): the queries are the last Lq positions, as a KV cache feeding several new tokens needs."""
+    """Multi-head attention, q (..., Lq, hd), k, v (..., Lk, hd) -> (..., Lq, hd); causal: q is the last Lq of Lk."""
     Lq, Lk = q.shape[-2], k.shape[-2]
     if fast and not (causal and Lq != Lk):  # the fused kernel never builds Lq x Lk; its causal mask assumes Lq = Lk
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
@@ -66,8 +64,8 @@ def check_codes(codes, latent_shape, n_codes, hint=""):
 def check_pixels(x, what='video'):
     """Raise a clear error unless x is a non-empty float tensor of finite values in [-0.5, 0.5]."""
     if not torch.is_tensor(x) or not x.is_floating_point():
-        raise TypeError(f"{what} must be a float tensor in [-0.5, 0.5], got {getattr(x, 'dtype', type(x))}: "
-                        "convert uint8 frames with x.float() / 255 - 0.5")
+        raise TypeError(f"{what} must be a float tensor in [-0.5, 0.5], got {getattr(x, 'dtype', type(x))}: for "
+                        "uint8 frames use x.float() / 255 - 0.5")
     if not x.numel():
         raise ValueError(f"{what} is empty (shape {tuple(x.shape)}): pass at least one video")
     if not torch.isfinite(x).all():
@@ -85,7 +83,6 @@ def group_norm(channels):
 
 class AxisPositionEmbedding(nn.Module):
     """Learned spatio-temporal position embeddings: one table per axis, broadcast and summed -> (t, h, w, D)."""
-
     def __init__(self, shape, dim):
         super().__init__()
         self.tables = nn.ParameterList([nn.Parameter(torch.randn(n, dim) * 0.02) for n in shape])
@@ -99,8 +96,7 @@ class AxisPositionEmbedding(nn.Module):
 # VQ-VAE building blocks (paper section 3.1, figure 4)
 
 def down_conv(c_in, c_out, stride):
-    # "Same" padding of 1 pixel each side: kernel 4 / stride 2 halves an axis, (n + 2 - 4) / 2 + 1 = n / 2; kernel 3
-    # keeps it. Symmetric, so nn.Conv3d pads; the original padded by hand and could not build a factor of 1 on any axis.
+    # Padding 1: kernel 4 / stride 2 halves an axis ((n + 2 - 4) / 2 + 1), kernel 3 keeps it: any factor builds, even 1.
     return nn.Conv3d(c_in, c_out, tuple(4 if s == 2 else 3 for s in stride), stride, padding=1)
 
 
@@ -111,7 +107,6 @@ def up_conv(c_in, c_out, stride):
 
 class AxialAttention(nn.Module):
     """Multi-head self-attention along t, along h and along w of a (B, D, t, h, w) volume, summed."""
-
     def __init__(self, dim, n_head):
         super().__init__()
         self.n_head = n_head
@@ -122,8 +117,7 @@ class AxialAttention(nn.Module):
         B, D, t, h, w = x.shape
         qkv = self.qkv(rearrange(x, 'B D t h w -> B t h w D')).chunk(3, dim=-1)  # 3 x (B, t, h, w, 3D)
         outs = []
-        # Attention along one axis is attention over a batch of 1-D sequences: fold the other two axes into the batch.
-        for axis, qkv_axis in zip('thw', qkv):
+        for axis, qkv_axis in zip('thw', qkv):  # along one axis: a batch of 1-D sequences, the other axes folded into B
             rest = ' '.join(a for a in 'thw' if a != axis)
             q, k, v = rearrange(qkv_axis, f'B t h w (qkv nh hd) -> qkv (B {rest}) nh {axis} hd', qkv=3, nh=self.n_head)
             y = attention(q, k, v, fast=x.is_cuda)  # 8-32 long: on CPU the explicit softmax is faster (RESULTS.md)
@@ -133,7 +127,6 @@ class AxialAttention(nn.Module):
 
 class AttentionResidualBlock(nn.Module):
     """x + f(x) with f = norm-ReLU-conv3-norm-ReLU-conv1-norm-ReLU-axial attention (figure 4). (B, D, t, h, w)."""
-
     def __init__(self, dim, n_head, axial_attention):
         super().__init__()
         self.conv = nn.Sequential(  # a bottleneck to half the width, as in the original code
@@ -154,12 +147,10 @@ class AttentionResidualBlock(nn.Module):
 
 class Encoder(nn.Module):
     """(B, C, T, H, W) video, (t, h, w, D) position embeddings -> (B, D, t, h, w), each axis downsampled by 2^k."""
-
     def __init__(self, cfg):
         super().__init__()
         D, n_down = cfg.n_hiddens, [int(math.log2(d)) for d in cfg.downsample]
-        # Stage i halves every axis that still needs halving; the first stage reads the video's C channels directly,
-        # because a full-resolution conv at width D would cost more than the rest of the encoder together.
+        # Stage i halves the axes still to halve; stage 0 reads the C channels: at full resolution, width D costs most.
         convs = [down_conv(D if i else cfg.in_channels, D, tuple(2 if i < n else 1 for n in n_down))
                  for i in range(max(n_down))]  # then a size-keeping conv: the only one when nothing is downsampled
         self.convs = nn.ModuleList(convs + [nn.Conv3d(D if convs else cfg.in_channels, D, 3, padding=1)])
@@ -178,7 +169,6 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """(B, D, t, h, w), (t, h, w, D) position embeddings -> (B, C, T, H, W): the encoder mirrored, transposed."""
-
     def __init__(self, cfg):
         super().__init__()
         D, n_up = cfg.n_hiddens, [int(math.log2(d)) for d in cfg.downsample]
@@ -203,14 +193,11 @@ class Decoder(nn.Module):
 # The EMA codebook (van den Oord et al. 2017, appendix A.1)
 
 class EMACodebook(nn.Module):
-    """Nearest-neighbour quantiser. (B, E, t, h, w) -> quantised (B, E, t, h, w), codes (B, t, h, w), losses. The
-    codebook is buffers, not parameters: no optimizer touches it. In train mode each forward moves every code toward
-    the mean of its encoder outputs by EMAs of the counts N_k and sums m_k (e_k = m_k / N_k); eval mode changes none."""
-
+    """(B, E, t, h, w) -> quantised (B, E, t, h, w), codes (B, t, h, w), losses; buffers moved by EMA, not gradients."""
     def __init__(self, n_codes, dim, decay=0.99, dead_threshold=1.0, eps=1e-5):
         super().__init__()
         self.n_codes, self.decay, self.dead_threshold, self.eps = n_codes, decay, dead_threshold, eps
-        self.register_buffer('embeddings', torch.randn(n_codes, dim))  # (K, E)
+        self.register_buffer('embeddings', torch.randn(n_codes, dim))  # (K, E) e_k = m_k / N_k, moved in train mode
         self.register_buffer('cluster_size', torch.zeros(n_codes))    # EMA of N_k
         self.register_buffer('embed_sum', torch.randn(n_codes, dim))   # EMA of m_k
         self.register_buffer('initialized', torch.tensor(False))  # saved: a reloaded model never re-initialises
@@ -292,12 +279,18 @@ class VQVAEConfig:
             if d < 1 or d & (d - 1):
                 raise ValueError(f"downsample factors must be powers of 2, got {self.downsample}")
             if n % d:
-                raise ValueError(f"{axis}={n} is not divisible by its downsample factor {d}: "
-                                 f"choose sizes that are multiples of {self.downsample} (T, H, W)")
+                raise ValueError(f"{axis}={n} is not divisible by its downsample factor {d}: use multiples of {d}")
 
     @property
     def latent_shape(self):
         return tuple(n // d for n, d in zip((self.sequence_length, self.resolution, self.resolution), self.downsample))
+
+
+def bounded_mse(x_hat, x):
+    """MSE where overshooting a target that sits on a bound of [-0.5, 0.5] costs nothing: outputs are clamped when
+    used, and an exact -0.5 is hard to hit, so black backgrounds kept a faint noise that SSIM punishes (RESULTS.md)."""
+    err = x_hat.float() - x.float()
+    return err.masked_fill(((x <= -0.5) & (err < 0)) | ((x >= 0.5) & (err > 0)), 0.0).pow(2).mean()
 
 
 class VQVAE(nn.Module):
@@ -319,20 +312,17 @@ class VQVAE(nn.Module):
         cfg = self.config
         check_pixels(x)
         if x.ndim != 5:
-            raise ValueError(f"video must be (B, C, T, H, W), got shape {tuple(x.shape)}: add the missing axes, "
-                             "e.g. x[None] for one video or x[:, None] for grayscale (B, T, H, W)")
+            raise ValueError(f"video must be (B, C, T, H, W), got {tuple(x.shape)}: use x[None] or x[:, None] (grey)")
         if x.shape[1] != cfg.in_channels:
             raise ValueError(f"video has {x.shape[1]} channels but the model was built for {cfg.in_channels}: "
                              f"set VQVAEConfig(in_channels={x.shape[1]}) or convert the video; channels go on axis 1")
         T, H, W = x.shape[2:]
         for n, d, axis in zip((T, H, W), cfg.downsample, 'THW'):
             if n % d:
-                raise ValueError(f"{axis}={n} is not divisible by the downsample factor {d}: crop or resize the "
-                                 f"video to a multiple of {cfg.downsample} (T, H, W)")
-        if (T, H, W) != (cfg.sequence_length, cfg.resolution, cfg.resolution):
-            raise ValueError(f"video is {T}x{H}x{W} but the model was built for {cfg.sequence_length}x"
-                             f"{cfg.resolution}x{cfg.resolution} (its position embeddings have that size): "
-                             "crop or resize the video, or build a VQVAEConfig for this size")
+                raise ValueError(f"{axis}={n} is not divisible by the downsample factor {d}: crop or resize the video")
+        if (T, H, W) != (cfg.sequence_length, cfg.resolution, cfg.resolution):  # the position embeddings' size
+            raise ValueError(f"video is {T}x{H}x{W} but the model was built for {cfg.sequence_length}x{cfg.resolution}"
+                             f"x{cfg.resolution}: crop or resize the video, or build a VQVAEConfig for this size")
         return x.to(self.pre_vq.weight.dtype)  # float64 or fp16 input: cast, so the convolutions accept it
 
     def forward(self, x):
@@ -349,7 +339,7 @@ class VQVAE(nn.Module):
         z = self.pre_vq(self.encoder(x, pos))                                # (B, E, t, h, w)
         quantized, codes, commitment, perplexity, usage = self.codebook(z)
         x_hat = self.decoder(self.post_vq(quantized), pos)                   # (B, C, T, H, W)
-        recon = F.mse_loss(x_hat.float(), x.float()) / self.data_variance
+        recon = bounded_mse(x_hat, x) / self.data_variance
         return dict(loss=recon + self.config.beta * commitment, recon_loss=recon, commitment_loss=commitment,
                     perplexity=perplexity, usage=usage, x_hat=x_hat, codes=codes)
 
@@ -371,10 +361,9 @@ class VQVAE(nn.Module):
         return self.decoder(self.post_vq(quantized), self.pos())
 
     def decode_long(self, codes):
-        """codes (B, t', h, w), t' > t -> (B, C, t' * d, H, W) from half-overlapping windows of t latent frames, each
-        frame from the window where it sits most centrally, with context on both sides for the axial attention."""
+        """codes (B, t', h, w), t' > t -> (B, C, t' * d, H, W), each frame from the window it is most central in."""
         t, d, n = self.config.latent_shape[0], self.config.downsample[0], codes.shape[1]
-        starts = sorted(set(range(0, n - t, max(1, t // 2))) | {n - t})
+        starts = sorted(set(range(0, n - t, max(1, t // 2))) | {n - t})  # half-overlapping: context on both sides
         windows = [self.decode(codes[:, s:s + t]) for s in starts]
         frames = []
         for i in range(n):  # the window whose centre is nearest latent frame i
@@ -387,14 +376,11 @@ class VQVAE(nn.Module):
 # Conditioning for the prior (paper section 3.2): a 3D ResNet over the conditioning frames, and conditional LayerNorm
 
 class FrameEncoder(nn.Module):
-    """A small 3D ResNet, trained with the prior. (B, C, n_cond_frames, H, W) in [-0.5, 0.5] -> (B, S, D) tokens. Not
-    the paper's ResNet-34: three stages that halve H and W suffice at 64x64, leaving S = n_cond_frames * H/8 * W/8."""
-
+    """A 3D ResNet trained with the prior: (B, C, n_cond_frames, H, W) -> (B, S, D) tokens, S = n_cond_frames HW/64."""
     def __init__(self, cfg):
         super().__init__()
-        # Narrower than the transformer: 3D convolutions cost 27 D^2 weights each, 80M parameters at D = n_embd = 512.
-        D = cfg.frame_width
-        self.stem = nn.Conv3d(cfg.frame_channels, D, 3, padding=1)
+        D = cfg.frame_width  # narrower than n_embd: a 3D conv has 27 D^2 weights, 80M in all at D = 512
+        self.stem = nn.Conv3d(cfg.frame_channels, D, 3, padding=1)  # not ResNet-34: 3 stages suffice at 64x64
         self.stages = nn.ModuleList([nn.ModuleDict(dict(down=down_conv(D, D, (1, 2, 2)), res=nn.Sequential(
             group_norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1),
             group_norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1)))) for _ in range(3)])
@@ -411,9 +397,7 @@ class FrameEncoder(nn.Module):
 
 
 class CondLayerNorm(nn.Module):
-    """LayerNorm over D, conditional when cond_dim > 0: gain and bias are affine functions of a (B, cond_dim) vector.
-    (B, L, D), cond (B, cond_dim) or None -> (B, L, D). This is the paper's class / action conditioning."""
-
+    """LayerNorm (B, L, D) -> (B, L, D); if cond_dim, gain and bias are affine in cond (B, cond_dim): class, actions."""
     def __init__(self, dim, cond_dim=0):
         super().__init__()
         self.cond_dim = cond_dim
@@ -440,7 +424,6 @@ class CondLayerNorm(nn.Module):
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention, causal or not. (B, L, D) -> (B, L, D); with a cache, L new tokens at `pos`."""
-
     def __init__(self, cfg):
         super().__init__()
         self.n_head, self.causal, self.fast, self.dropout = cfg.n_head, cfg.causal, cfg.fast_attention, cfg.attn_dropout
@@ -460,7 +443,6 @@ class SelfAttention(nn.Module):
 
 class CrossAttention(nn.Module):
     """Tokens attend to the conditioning frames' features. (B, L, D), (B, S, D) -> (B, L, D)."""
-
     def __init__(self, cfg):
         super().__init__()
         self.n_head, self.fast, self.dropout = cfg.n_head, cfg.fast_attention, cfg.attn_dropout
@@ -479,7 +461,6 @@ class CrossAttention(nn.Module):
 
 class Block(nn.Module):
     """Pre-LN transformer block: self-attention, cross-attention to the frames if any, then an MLP."""
-
     def __init__(self, cfg):
         super().__init__()
         self.ln1, self.attn = CondLayerNorm(cfg.n_embd, cfg.cond_dim), SelfAttention(cfg)
@@ -507,10 +488,9 @@ TASKS = dict(fp='frame prediction: the first n_given latent frames', fi='frame i
 
 
 def task_mask(task, latent_shape, n_given=1):
-    """(t, h, w) bool, True where `task` gives the tokens (TASKS). Boxes and bands span half of each axis, centred,
-    in every latent frame: a quarter of each frame is given for 'opc' and generated for 'ipc', as in MAGVIT."""
+    """(t, h, w) bool, True where `task` (TASKS) gives the tokens; boxes and bands span the central half of an axis."""
     t, h, w = latent_shape
-    given = torch.zeros(latent_shape, dtype=torch.bool)
+    given = torch.zeros(latent_shape, dtype=torch.bool)  # as in MAGVIT, 'opc' gives a quarter of each frame
     rows, cols = slice((h - h // 2) // 2, (h + h // 2) // 2), slice((w - w // 2) // 2, (w + w // 2) // 2)
     region = dict(fp=np.s_[:n_given], fi=np.s_[[0, -1]], opc=np.s_[:, rows, cols], oph=np.s_[:, :, cols],
                   opv=np.s_[:, rows], ipc=np.s_[:, rows, cols], uncond=np.s_[:0])  # np.s_[i]: the index i itself
@@ -525,8 +505,7 @@ def task_mask(task, latent_shape, n_given=1):
 
 
 def schedule_mask(given, r):
-    """MaskGIT's training mask: given (B, L) bool, r (B,) in [0, 1) -> (B, L) bool masking exactly
-    max(1, ceil(N cos(pi r / 2))) of each video's N tokens that are not given, chosen uniformly; never a given one."""
+    """MaskGIT's mask, given (B, L) bool, r (B,) in [0, 1) -> (B, L): max(1, ceil(N cos(pi r / 2))) of N not given."""
     n = (~given).sum(1)                                                                        # (B,) N
     n_mask = torch.ceil(n * torch.cos(math.pi / 2 * r)).long().clamp(min=1).minimum(n)      # (B,)
     rank = torch.rand(given.shape, device=given.device).masked_fill(given, 2.0).argsort(1).argsort(1)
@@ -562,8 +541,7 @@ class GPTConfig:
     def __post_init__(self):
         self.latent_shape, self.tasks = tuple(self.latent_shape), tuple(self.tasks)
         if self.causal and self.tasks != ('uncond',):
-            raise ValueError(f"tasks={self.tasks} need a masked prior: set causal=False (a causal prior already "
-                             "learns every raster-order prefix, which is all the frame prediction it can do)")
+            raise ValueError(f"tasks={self.tasks} need a masked prior: set causal=False (causal ones learn prefixes)")
         for task in self.tasks:
             task_mask(task, self.latent_shape)  # raises for an unknown task or one this grid cannot pose
         if self.n_embd % self.n_head:
@@ -571,8 +549,7 @@ class GPTConfig:
         if self.cond_dropout and not (self.cond_dim and 0 < self.cond_dropout <= 1):
             raise ValueError(f"cond_dropout={self.cond_dropout} needs cond_dim > 0 and a value in (0, 1], e.g. 0.1")
         if self.n_cond_frames and self.frame_size % 8:
-            raise ValueError(f"frame_size={self.frame_size} must be a multiple of 8 (the frame encoder halves it "
-                             "three times)")
+            raise ValueError(f"frame_size={self.frame_size} must be a multiple of 8 (the frame encoder halves it 3x)")
 
     @property
     def block_size(self):
@@ -581,7 +558,6 @@ class GPTConfig:
 
 class VideoGPT(nn.Module):
     """The prior p(codes | frames, cond) = prod_i p(code_i | codes_<i, frames, cond) over codes in raster order."""
-
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.config = cfg
@@ -621,21 +597,18 @@ class VideoGPT(nn.Module):
             check_pixels(frames, 'frames')
             frames = frames.to(self.sos.dtype)
         elif frames is not None:
-            raise ValueError("frames were given but GPTConfig.n_cond_frames is 0: build the prior with "
-                             "n_cond_frames > 0 to condition on frames")
+            raise ValueError("frames were given but n_cond_frames=0: build the prior with GPTConfig(n_cond_frames > 0)")
         if cfg.cond_dim:
             if cond is None:
-                raise ValueError(f"this prior is vector-conditioned: pass cond of shape ({batch}, {cfg.cond_dim}), "
-                                 "or int64 class labels of shape (B,)")
+                raise ValueError(f"vector-conditioned prior: pass cond ({batch}, {cfg.cond_dim}) or int labels (B,)")
             if not cond.is_floating_point():  # class labels -> one-hot vectors
                 if cond.shape != (batch,) or cond.min() < 0 or cond.max() >= cfg.cond_dim:
-                    raise ValueError(f"class labels must be ({batch},) in [0, {cfg.cond_dim}), got shape "
-                                     f"{tuple(cond.shape)}")
+                    raise ValueError(f"class labels must be ({batch},) in [0, {cfg.cond_dim}), got {tuple(cond.shape)}")
                 cond = F.one_hot(cond.long(), cfg.cond_dim).float()
             cond = cond.reshape(cond.shape[0], -1)  # BAIR's (B, T, 4) actions are flattened to (B, 4T)
             if cond.shape != (batch, cfg.cond_dim):
-                raise ValueError(f"cond must be ({batch}, {cfg.cond_dim}) after flattening, got "
-                                 f"{tuple(cond.shape)}: set GPTConfig(cond_dim=...) to the vector's size")
+                raise ValueError(f"cond must be ({batch}, {cfg.cond_dim}), got {tuple(cond.shape)}: set "
+                                 "GPTConfig(cond_dim=) to its size")
             if not torch.isfinite(cond).all():
                 raise ValueError("cond holds NaN or inf values: check the actions or labels it came from")
             cond = cond.to(self.sos.dtype)
@@ -652,9 +625,8 @@ class VideoGPT(nn.Module):
 
     # -- training -------------------------------------------------------------------------------------------------
     def forward(self, codes, frames=None, cond=None, mask=None):
-        """codes (B, t, h, w) -> logits (B, t, h, w, K), mean cross-entropy in nats. Causal: position i predicts code i
-        from codes < i. Non-causal: codes where `mask` (B, t, h, w) is True become [MASK] and only they count; without a
-        mask, each video draws a task (cfg.tasks) and schedule_mask hides some tokens it does not give."""
+        """codes (B, t, h, w) -> logits (B, t, h, w, K), mean cross-entropy (nats) of code i given codes < i, or, if
+        not causal, of the codes where mask (B, t, h, w) is True, made [MASK] (default: a task, then schedule_mask)."""
         frames, cond = self._check(codes, frames, cond)
         codes = codes.long()  # int32 codes are accepted; embeddings and the loss take int64
         cfg, B = self.config, codes.shape[0]
@@ -692,8 +664,7 @@ class VideoGPT(nn.Module):
             return frames, cond, None, None
         cfg, shape = self.config, self.config.latent_shape
         if given is None or given_mask is None:
-            raise ValueError("pass both given (n, t, h, w) codes, e.g. from VQVAE.encode, and given_mask, True where "
-                             "tokens are given, e.g. task_mask('fp', latent_shape)")
+            raise ValueError("pass both given (n, t, h, w) codes (VQVAE.encode) and given_mask (task_mask('fp', ...))")
         check_codes(given, shape, cfg.n_codes, ": given holds a video's codes from VQVAE.encode")
         if given.shape[0] != n:
             raise ValueError(f"given holds {given.shape[0]} code grids for n={n} samples: pass one per sample")
@@ -703,27 +674,22 @@ class VideoGPT(nn.Module):
         given, given_mask = given.long().reshape(n, -1), given_mask.to(given.device).expand(n, *shape).reshape(n, -1)
         p = int(given_mask[0].sum())
         if cfg.causal and not (given_mask[:, :p].all() and not given_mask[:, p:].any()):
-            raise ValueError("a causal prior continues a raster-order prefix only (the same first tokens in t, h, w "
-                             "order for every video, e.g. task_mask('fp', ...)); for other tasks train a masked "
-                             "prior: GPTConfig(causal=False, tasks=(...))")
+            raise ValueError("causal priors continue a shared raster-order prefix only; else GPTConfig(causal=False)")
         return frames, cond, given, given_mask
 
     @torch.no_grad()
     def sample(self, n, frames=None, cond=None, temperature=1.0, top_k=None, top_p=None, generator=None,
                return_logits=False, guidance=1.0, given=None, given_mask=None, steps=None, n_latent_frames=None):
-        """Draw n code grids (n, t, h, w) int64: token by token with a KV cache (causal priors) or by masked decoding in
-        `steps` passes (sample_masked, default 12). frames / cond as in forward, batch n; top_k=1 is greedy.
-        return_logits: also each step's (n, t, h, w, K) logits. guidance g > 1, classifier-free (needs cond_dropout):
-        logits u + g (c - u) from the null-condition and conditional ones. given codes stay where given_mask (t, h, w)
-        or (n, t, h, w) is True (causal priors: a raster-order prefix). n_latent_frames > t: sample_long."""
+        """n code grids (n, t, h, w) int64, by KV-cached steps (causal) or sample_masked (steps, default 12); top_k=1 is
+        greedy; return_logits adds (n, t, h, w, K); guidance g: u + g (c - u) (needs cond_dropout); given codes stay
+        where given_mask (t, h, w) or (n, t, h, w) is True (causal: a prefix); n_latent_frames > t: sample_long."""
         if n_latent_frames not in (None, self.config.latent_shape[0]):
             return self.sample_long(n, n_latent_frames, frames, cond, temperature=temperature, top_k=top_k, top_p=top_p,
                                     generator=generator, guidance=guidance, given=given, given_mask=given_mask,
                                     steps=steps)
         if not self.config.causal:
             if top_k is not None or top_p is not None or return_logits or guidance != 1.0:
-                raise ValueError("top_k, top_p, return_logits and guidance apply to causal priors; masked decoding "
-                                 "(causal=False) takes temperature and steps: call sample_masked")
+                raise ValueError("top_k, top_p, return_logits, guidance: causal priors only; see sample_masked")
             return self.sample_masked(n, frames, cond, 12 if steps is None else steps, temperature,
                                       generator=generator, given=given, given_mask=given_mask)
         if steps is not None:
@@ -731,14 +697,12 @@ class VideoGPT(nn.Module):
         frames, cond, given, given_mask = self._check_sampling(n, frames, cond, given, given_mask)
         cfg, L = self.config, self.config.block_size
         p = 0 if given is None else int(given_mask[0].sum())  # the given prefix's length
-        guided = guidance != 1.0
+        guided, was_training = guidance != 1.0, self.training
         if guided:  # one batch of 2n: the n videos under their condition, then under the null condition
             if not cfg.cond_dropout:
-                raise ValueError("guidance needs a vector-conditioned prior trained with GPTConfig(cond_dropout > 0) "
-                                 "(0.1 is usual); without it the null condition was never learned")
+                raise ValueError("guidance needs the null condition learned: train the prior with cond_dropout=0.1")
             cond = torch.cat([cond, torch.zeros_like(cond)])
             frames = None if frames is None else torch.cat([frames, frames])
-        was_training = self.training
         self.eval()
         dev, dtype, hd = self.sos.device, self.sos.dtype, cfg.n_embd // cfg.n_head
         caches = [torch.empty(2, n * (1 + guided), cfg.n_head, L, hd, device=dev, dtype=dtype) for _ in self.blocks]
@@ -746,11 +710,10 @@ class VideoGPT(nn.Module):
         pos_emb = rearrange(self.pos_emb(), 't h w D -> (t h w) D')
         codes = torch.empty(n, L, dtype=torch.long, device=dev)
         all_logits = torch.empty(n, L, cfg.n_codes, device=dev) if return_logits else None
-        x = self.sos.expand(n * (1 + guided), 1, -1)
+        x, start = self.sos.expand(n * (1 + guided), 1, -1), 0  # the cache holds positions < start
         if p:  # the given prefix goes in as one chunk: its keys and values fill the cache in a single pass
             codes[:, :p] = given[:, :p]
             x = torch.cat([x, self.tok_emb(torch.cat([given[:, :p]] * (1 + guided)))], dim=1)
-        start = 0  # the cache holds positions < start
         for i in range(p, L):
             h = self._trunk(x + pos_emb[start:i + 1], cond, frame_kv, caches, pos=start)  # (n or 2n, i+1-start, D)
             logits = self.head(h if return_logits else h[:, -1:]).float()  # (n or 2n, i+1-start or 1, K)
@@ -768,9 +731,7 @@ class VideoGPT(nn.Module):
 
     @torch.no_grad()
     def sample_long(self, n, n_latent_frames, frames=None, cond=None, **sampling):
-        """(n, n_latent_frames, h, w) codes, more latent frames than the window t (TATS's sliding window): the first
-        window as sample() draws it, then per slide one new latent frame given the last t - 1, re-encoded in one chunked
-        pass (not cached: their position embeddings shift each slide). frames and cond condition every window."""
+        """(n, n_latent_frames, h, w) codes past the window t by TATS's sliding window; frames, cond: every window."""
         t, shape = self.config.latent_shape[0], self.config.latent_shape
         if t < 2 or n_latent_frames < t:
             raise ValueError(f"n_latent_frames={n_latent_frames}: sliding needs a prior of at least 2 latent frames "
@@ -778,7 +739,7 @@ class VideoGPT(nn.Module):
         codes = self.sample(n, frames, cond, **sampling)
         out, context = [codes], task_mask('fp', shape, n_given=t - 1)
         sampling.update(given=None, given_mask=None)  # given tokens apply to the first window only
-        for _ in range(n_latent_frames - t):
+        for _ in range(n_latent_frames - t):  # one latent frame per slide, the last t - 1 re-encoded: positions shift
             codes = self.sample(n, frames, cond, **dict(sampling, given=codes.roll(-1, dims=1), given_mask=context))
             out.append(codes[:, -1:])  # roll: the last t - 1 frames move to the front; the wrapped one is replaced
         return torch.cat(out, dim=1)
@@ -786,16 +747,13 @@ class VideoGPT(nn.Module):
     @torch.no_grad()
     def sample_masked(self, n, frames=None, cond=None, steps=12, temperature=1.0, choice_temperature=4.5,
                       generator=None, given=None, given_mask=None):
-        """Masked parallel decoding (MaskGIT, Chang et al. 2022; MAGVIT) for causal=False priors: tokens not given start
-        as [MASK]; each of `steps` passes samples all masked ones, keeps the most confident, re-masks the rest, leaving
-        floor(N cos(pi/2 (s + 1) / steps)) of the N unknown after step s (0 after the last). Given ones never change."""
+        """(n, t, h, w) codes by MaskGIT decoding (Chang et al. 2022), `steps` passes, causal=False; given ones stay."""
         if self.config.causal:
             raise ValueError("sample_masked needs a bidirectional prior: build it with GPTConfig(causal=False)")
         if not (isinstance(steps, int) and steps >= 1):
             raise ValueError(f"steps must be a positive integer (12 is MaskGIT's choice), got {steps!r}")
         frames, cond, given, given_mask = self._check_sampling(n, frames, cond, given, given_mask)
-        cfg, L = self.config, self.config.block_size
-        was_training = self.training
+        cfg, L, was_training = self.config, self.config.block_size, self.training
         self.eval()
         dev, MASK = self.sos.device, cfg.n_codes
         tokens = torch.full((n, L), MASK, dtype=torch.long, device=dev)
@@ -849,9 +807,8 @@ def psnr(a, b):
 
 
 def ssim(a, b):
-    """(B,) SSIM (Wang et al. 2004) of each frame and channel, averaged: 11x11 Gaussian window, sigma 1.5, C1 = 0.01^2,
-    C2 = 0.03^2 for range 1, mean over window positions inside the frame. Equals scikit-image's structural_similarity(
-    gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1), which drops a 5-pixel border."""
+    """(B,) SSIM (Wang et al. 2004) per frame and channel, averaged; 11x11 Gaussian window (sigma 1.5) inside the
+    frame, as scikit-image's structural_similarity(gaussian_weights=True, use_sample_covariance=False, data_range=1)."""
     if min(a.shape[-2:]) < 11:
         raise ValueError(f"SSIM's 11x11 window needs frames of at least 11x11 pixels, got {tuple(a.shape[-2:])}")
     g = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5 ** 2))
@@ -866,23 +823,21 @@ def ssim(a, b):
 
 
 def frechet_distance(feats_a, feats_b):
-    """Frechet distance of Gaussians fitted to features (N, d), (M, d), in float64: |mu_a - mu_b|^2 + Tr(S_a + S_b -
-    2 (S_a S_b)^(1/2)), the last trace summing sqrt(eigenvalues) of the symmetric S_a^(1/2) S_b S_a^(1/2): no NaN."""
+    """|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of Gaussians fitted to features (N, d), (M, d); float64."""
     a, b = feats_a.double(), feats_b.double()
     cov_a, cov_b = (torch.atleast_2d(torch.cov(x.T)) for x in (a, b))  # unbiased, as numpy's cov in FID code
     vals, vecs = torch.linalg.eigh(cov_a)
     root_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T  # rounding can make tiny eigenvalues negative
-    tr_sqrt = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
+    tr_sqrt = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()  # symmetric, so no NaN
     return ((a.mean(0) - b.mean(0)).square().sum() + cov_a.trace() + cov_b.trace() - 2 * tr_sqrt).item()
 
 
 @torch.no_grad()
 def fvd(videos_a, videos_b, i3d, batch_size=16):
-    """Frechet video distance (Unterthiner et al. 2018) of two sets of videos (N, C, T, H, W) in [-0.5, 0.5]. i3d: a
-    TorchScript I3D taking (B, 3, T, 224, 224) in [-1, 1] (resized bilinearly, grey to RGB) to (B, 400) features."""
+    """Frechet video distance of (N, C, T, H, W) in [-0.5, 0.5]; i3d: (B, 3, T, 224, 224) in [-1, 1] -> (B, 400)."""
     device = next(iter(i3d.parameters()), torch.empty(0)).device
 
-    def features(videos):
+    def features(videos):  # FVD: Unterthiner et al. 2018
         out = []
         for v in videos.split(batch_size):
             x = F.interpolate(rearrange(v.float(), 'B C T H W -> (B T) C H W'), size=(224, 224), mode='bilinear')
@@ -893,30 +848,24 @@ def fvd(videos_a, videos_b, i3d, batch_size=16):
 
 
 def codebook_stats(counts):
-    """(perplexity, usage) from a histogram of codes, torch.bincount(codes.flatten(), minlength=n_codes): exp of its
-    entropy (n_codes when all codes are used equally often, 1 when one is) and the fraction of codes ever used."""
+    """(perplexity, usage) from a code histogram (bincount, minlength=n_codes): exp(entropy), 1..n_codes; share used."""
     p = counts.double() / counts.sum()
     return torch.exp(-(p * p.clamp(min=1e-300).log()).sum()).item(), (p > 0).double().mean().item()
 
 
 def prediction_scores(pred, real):
-    """Frame prediction as the Moving MNIST leaderboards score it, for predicted and real frames (B, C, T, H, W) in
-    [-0.5, 0.5]: per-frame MSE (squared error summed over a frame's pixels in [0, 1], averaged over its frames),
-    SSIM, and PSNR of each frame averaged over frames; each (B,)."""
+    """Moving MNIST leaderboard scores of pred vs real (B, C, T, H, W) in [-0.5, 0.5], each (B,): MSE per frame (squared
+    error summed over its pixels in [0, 1]), SSIM, PSNR per frame; all averaged over frames."""
     frames = [rearrange(v.float(), 'B C T H W -> (B T) C 1 H W') for v in (pred, real)]
-    per_frame = lambda f: f(*frames).view(len(pred), -1).mean(1)
     return dict(mse=(pred.float() - real.float()).pow(2).sum((1, 3, 4)).mean(1), ssim=ssim(pred, real),
-                psnr=per_frame(psnr))
+                psnr=psnr(*frames).view(len(pred), -1).mean(1))
 
 
 @torch.no_grad()
 def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
-    """Held-out scores of videos (N, C, T, H, W) in [-0.5, 0.5]: reconstruction PSNR (peak-to-peak 1), SSIM, NMSE
-    (MSE / the videos' variance, table 3), the codes' perplexity and usage (codebook_stats) and, with a prior (gpt may
-    be None), its bits per token given cond (labels or vectors) and the videos' first frames as needed. Both models run
-    in eval mode (the codebook never moves), then regain their mode."""
+    """Held-out scores of videos (N, C, T, H, W) in [-0.5, 0.5]: reconstruction, codebook_stats, bits per token."""
     models = [m for m in (vqvae, gpt) if m is not None]
-    modes = [m.training for m in models]
+    modes = [m.training for m in models]  # eval mode (the codebook stays still), then restored
     for m in models:
         m.eval()
     device = next(vqvae.parameters()).device
@@ -958,12 +907,10 @@ PRESETS = {  # name: (VQVAEConfig overrides, GPTConfig overrides)
     'ucf101': (  # 16x128x128 RGB -> 4x32x32, class-conditional (101 classes)
         dict(in_channels=3, resolution=128, downsample=(4, 4, 4), n_res_layers=4, embedding_dim=256, n_codes=1024),
         dict(n_embd=1024, n_head=8, n_layer=20, dropout=0.2, cond_dim=101)),
-    # Two digits, 8 frames -> 8x16x16 codes, both stages in under 2 hours on a 2-core CPU (README, Results). No time
-    # downsampling: at (2, 4, 4) on 16 frames reconstructions stalled near 19 dB; (1, 4, 4) on 16 is 4,096 tokens.
+    # Two digits, 8 frames -> 8x16x16 codes, < 2 h on 2 CPU cores: (2, 4, 4) stalled at 19 dB, 16 frames: 4,096 tokens.
     'mnist-cpu': (dict(sequence_length=8, downsample=(1, 4, 4), n_hiddens=64, n_codes=512),
                   dict(n_embd=192, n_head=4, n_layer=4, dropout=0.0)),
-    # Both stages on a 2-core CPU in minutes: 8 frames of one digit -> 8x8x8 codes, a class-conditional prior. No time
-    # downsampling (codes mixing motion drew scribbles), 64 codes (more spread the black background; RESULTS.md).
+    # Minutes on 2 CPU cores: one digit, 8 frames -> 8x8x8 codes, class-conditional (1x time, 64 codes: RESULTS.md).
     'demo': (dict(sequence_length=8, downsample=(1, 8, 8), n_hiddens=64, n_res_layers=1, n_codes=64),
              dict(n_embd=128, n_head=4, n_layer=4, dropout=0.0, cond_dim=10, cond_dropout=0.1)),
 }
@@ -1055,13 +1002,11 @@ def load_checkpoint(path, kind=None):
     try:  # weights_only: a checkpoint holds tensors, numbers, strings and dicts; loading never runs arbitrary code
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # a text file, a truncated file, a pickle with code in it: torch raises many types
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}): pass a ckpt.pt written by "
-                         "train-vqvae or train-gpt") from e
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}): pass a train-* ckpt.pt") from e
     if not isinstance(ckpt, dict) or ckpt.get('kind') not in ('vqvae', 'gpt') or 'config' not in ckpt:
         raise ValueError(f"{path} is not a VideoGPT checkpoint: pass a ckpt.pt written by train-vqvae or train-gpt")
     if kind and ckpt['kind'] != kind:
-        raise ValueError(f"{path} holds a {ckpt['kind']!r} model where a {kind!r} one is needed: pass "
-                         f"{'train-vqvae' if kind == 'vqvae' else 'train-gpt'}'s ckpt.pt")
+        raise ValueError(f"{path} holds a {ckpt['kind']!r} model where a {kind!r} one is needed: use train-{kind}'s")
     return ckpt
 
 
@@ -1075,8 +1020,7 @@ def load_model(path, kind=None):
 
 
 def export_weights(ckpt_path, out_path, vqvae_rel=None):
-    """A checkpoint's model in fp16 with its kind and config (no optimizer or RNG state): a third of its size, for
-    sharing. vqvae_rel: for a prior, where its VQ-VAE's file lies relative to out_path's folder."""
+    """A checkpoint's model in fp16, no optimizer (1/3 the size); vqvae_rel: a prior's VQ-VAE path from out_path."""
     ckpt = load_checkpoint(ckpt_path)
     out = dict(kind=ckpt['kind'], config=ckpt['config'], train_config=ckpt.get('train_config', {}),
                model={k: v.half() if v.is_floating_point() else v for k, v in ckpt['model'].items()})
@@ -1086,8 +1030,7 @@ def export_weights(ckpt_path, out_path, vqvae_rel=None):
     save_checkpoint(out_path, **out)
 
 
-# name: {file in weights/: sha256}; the files are committed, made by the commands in the README's Results section
-PRETRAINED = {'moving-mnist': {}}
+PRETRAINED = {'moving-mnist': {}}  # name: {file in weights/NAME/: sha256}, made by the README's Results commands
 
 
 def load_pretrained(name='moving-mnist', device='cpu'):
@@ -1101,8 +1044,7 @@ def load_pretrained(name='moving-mnist', device='cpu'):
         with open(path, 'rb') as f:
             got = hashlib.sha256(f.read()).hexdigest()
         if got != digest:  # a Git LFS pointer, a truncated copy or a changed file: never load it silently
-            raise ValueError(f"{path} has sha256 {got}, expected {digest}: check it out again (git checkout -- "
-                             f"{os.path.relpath(path)}); if it is a Git LFS pointer, run git lfs pull")
+            raise ValueError(f"{path} has sha256 {got}, expected {digest}: git checkout it again, or git lfs pull")
         models.append(load_model(path).to(device))
     return tuple(models)
 
@@ -1135,16 +1077,14 @@ def set_rng_state(states, rank, device):
 def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg):
     """(step, log) to start from: a fresh run, or the checkpoint's state loaded into model, opt and scaler."""
     if os.path.exists(ckpt_path) and not (tcfg.resume or tcfg.overwrite):  # never replace a run without being asked
-        raise FileExistsError(f"{ckpt_path} exists: pass --resume true to continue that run, --overwrite true to "
-                              "start over, or another --out-dir")
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume true, --overwrite true or another --out-dir")
     if not (tcfg.resume and os.path.exists(ckpt_path)):
         return 0, []
     ckpt = load_checkpoint(ckpt_path, kind)
     saved = asdict(type(model_cfg)(**ckpt['config']))  # through the dataclass: lists become tuples again
     changed = ', '.join(f"{k}={saved[k]}" for k, v in asdict(model_cfg).items() if saved.get(k, v) != v)
     if changed:  # a size mismatch deep in load_state_dict would not say which setting differs
-        raise ValueError(f"--resume: {ckpt_path} was trained with {changed}: resume with those settings, or "
-                         "pass --overwrite true to start over")
+        raise ValueError(f"{ckpt_path} was trained with {changed}: resume with those settings, or --overwrite true")
     for obj, key in ((model, 'model'), (opt, 'optimizer'), (scaler, 'scaler')):
         obj.load_state_dict(ckpt[key])
     set_rng_state(ckpt['rng'], dist.get_rank() if _is_dist() else 0, next(model.parameters()).device)
@@ -1153,11 +1093,10 @@ def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg):
 
 
 def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=None, on_log=None):
-    """Train `model` on step_fn(model, batch) -> (loss, metrics dict). on_sample(model, step) writes pictures;
-    on_log(log) runs per logged step (a live plot). Files go to tcfg.out_dir ('' writes none). Returns the model."""
+    """Train and return model: step_fn(model, batch) -> (loss, metrics); hooks on_sample(model, step), on_log(log)."""
     from tqdm import tqdm
     device, rank, world, dtype, use_scaler = setup_device()
-    files = rank == 0 and bool(tcfg.out_dir)  # only rank 0 writes, and only when there is a folder
+    files = rank == 0 and bool(tcfg.out_dir)  # only rank 0 writes, and out_dir '' writes nothing
     ckpt_path = os.path.join(tcfg.out_dir, 'ckpt.pt')
     torch.manual_seed(tcfg.seed + rank)
     model.to(device)
@@ -1170,10 +1109,8 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
     # DDP averages gradients; the codebook all-reduces its own buffers, so DDP must not overwrite them with rank 0's.
     fwd = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
     fwd = torch.compile(fwd) if tcfg.compile else fwd
-    data_iter = data.batches(dataset, tcfg, step, rank)  # batch s depends on (seed, s, rank) only: resumable
-    t0 = time.time()
-    # disable=None: a bar on terminals only, not hundreds of lines in notebooks and logs; rank 0 only
-    with tqdm(total=tcfg.steps, initial=step, disable=None if rank == 0 else True, desc=kind) as bar:
+    data_iter, t0 = data.batches(dataset, tcfg, step, rank), time.time()  # batch s: (seed, s, rank) only, resumable
+    with tqdm(total=tcfg.steps, initial=step, disable=rank != 0 or None, desc=kind) as bar:  # None: terminals only
         while step < tcfg.steps:
             model.train()
             batch = {k: v.to(device, non_blocking=True) for k, v in next(data_iter).items()}
@@ -1182,9 +1119,8 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss, metrics = step_fn(fwd, batch)
             if not torch.isfinite(loss):  # stop before the bad step touches the weights or the last checkpoint
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}: the run stopped and {ckpt_path} "
-                                         "still holds the last good state. Lower --lr, raise --warmup or keep "
-                                         "--grad-clip 1, then --resume.")
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}; {ckpt_path} holds the last good "
+                                         "state: lower --lr, raise --warmup or keep --grad-clip 1, then --resume")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
@@ -1238,9 +1174,8 @@ def gpt_inputs(gcfg, batch):
     """The prior's conditioning from a batch: the first frames of the clip and / or its actions or label."""
     frames = batch['video'][:, :, :gcfg.n_cond_frames] if gcfg.n_cond_frames else None
     if gcfg.cond_dim and not {'actions', 'label'} & set(batch):
-        raise ValueError(f"the prior is vector-conditioned (cond_dim={gcfg.cond_dim}) but the dataset's items hold "
-                         "neither 'actions' nor 'label': use BAIR, class folders, or Moving MNIST with "
-                         "--n-digits 1 (labelled by its digit), or set --cond-dim 0")
+        raise ValueError(f"the prior is vector-conditioned (cond_dim={gcfg.cond_dim}) but the items hold no 'actions' "
+                         "or 'label': use BAIR, class folders, Moving MNIST with --n-digits 1, or --cond-dim 0")
     return frames, (batch.get('actions', batch.get('label')) if gcfg.cond_dim else None)  # actions win over a label
 
 
@@ -1253,12 +1188,11 @@ def train_gpt(gcfg, tcfg, dataset=None):
         gcfg.n_cond_frames)  # the frames come from the VQ-VAE's videos
     if any(getattr(gcfg, k) != getattr(fitted, k) for k in keys):
         raise ValueError(f"the prior expects {', '.join(f'{k}={getattr(gcfg, k)}' for k in keys)} but the VQ-VAE "
-                         f"makes {', '.join(f'{k}={getattr(fitted, k)}' for k in keys)}: build the prior's config "
-                         "with fit_prior(gcfg, vqvae.config)")
+                         f"makes {', '.join(f'{k}={getattr(fitted, k)}' for k in keys)}: use fit_prior(gcfg, vcfg)")
     dataset = dataset or data.make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)
-    if tcfg.codes_file and len(dataset) >= data.FRESH:
-        raise ValueError("--codes-file encodes a fixed set: give Moving MNIST one with --dataset-size N (e.g. 20000)")
     if tcfg.codes_file:
+        if len(dataset) >= data.FRESH:
+            raise ValueError("--codes-file encodes a fixed set: for Moving MNIST pass --dataset-size N (e.g. 20000)")
         encoded = data.encode_dataset(vqvae, dataset, tcfg.codes_file, n_frames=gcfg.n_cond_frames)
         dataset = data.CodesDataset(dataset, encoded, keep_video=gcfg.n_cond_frames > 0)
     fixed = torch.utils.data.default_collate([dataset[i] for i in range(min(4, len(dataset)))])
@@ -1285,8 +1219,7 @@ def train_gpt(gcfg, tcfg, dataset=None):
 # Sampling to files, and the command line
 
 def find_vqvae(gpt_path, vqvae_path=''):
-    """The VQ-VAE checkpoint of a prior: vqvae_path if given, else the one it was trained on, looked up relative to
-    the prior's folder first (so that a moved run folder still works), then at its absolute path."""
+    """vqvae_path, or the prior's VQ-VAE checkpoint: relative to its folder first (a moved run), then absolute."""
     if vqvae_path:
         return vqvae_path
     ckpt = load_checkpoint(gpt_path, 'gpt')
@@ -1315,37 +1248,29 @@ def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed
 
 @torch.no_grad()
 def complete_video(vqvae, gpt, video, task, n_given=1, frames=None, cond=None, generator=None, **sampling):
-    """Pixels in, pixels out: encode video (B, C, T, H, W), keep the tokens that `task` gives, sample the rest with
-    gpt, decode. Returns the completed video (B, C, T, H, W) and the given region in pixels (T, H, W) bool."""
+    """Video (B, C, T, H, W) -> (completed video (B, C, T, H, W), given pixels (T, H, W) bool): `task` gives tokens."""
     vqvae.eval()  # never move the codebook while encoding
     given_mask = task_mask(task, vqvae.config.latent_shape, n_given).to(video.device)
     codes = gpt.sample(len(video), frames, cond, generator=generator, given=vqvae.encode(video),
                        given_mask=given_mask, **sampling)
-    pixels = given_mask
-    for axis, d in enumerate(vqvae.config.downsample):  # each latent cell covers d pixels along its axis
-        pixels = pixels.repeat_interleave(d, dim=axis)
-    return vqvae.decode(codes).clamp(-0.5, 0.5), pixels
+    a, b, c = vqvae.config.downsample  # each latent cell covers a x b x c pixels
+    return vqvae.decode(codes).clamp(-0.5, 0.5), repeat(given_mask, 't h w -> (t a) (h b) (w c)', a=a, b=b, c=c)
 
 
 @torch.no_grad()
 def predict_frames(vqvae, gpt, context, n_future, cond=None, generator=None, **sampling):
-    """Frame prediction: real frames context (B, C, T0, H, W) -> n_future sampled frames (B, C, n_future, H, W).
-    The first window starts at frame s = max(0, T0 - (t - 1) d), so that a latent frame is left to sample. Only the
-    context is encoded, padded to the window with copies of its last frame, and only the latent frames made of context
-    frames alone are kept (the encoder mixes frames, so no later one may be encoded); the prior continues them (a
-    causal prior as a prefix, a masked one as task fp), sliding past its window (sample_long). A frame-conditioned
-    prior gets the window's first frames, as in training."""
+    """Real frames context (B, C, T0, H, W) -> n_future predicted frames (B, C, n_future, H, W), sliding if needed."""
     vc, gc, T0 = vqvae.config, gpt.config, context.shape[2]
     t, d, T = vc.latent_shape[0], vc.downsample[0], vc.sequence_length
-    s = max(0, T0 - (t - 1) * d)
+    s = max(0, T0 - (t - 1) * d)  # the window's first frame: a latent frame is left to sample
     if T0 < 1 or n_future < 1 or T0 - s < gc.n_cond_frames:
         raise ValueError(f"{T0} context frames and n_future={n_future}: give at least 1 of each, and at least "
                          f"n_cond_frames={gc.n_cond_frames} frames for this frame-conditioned prior")
     vqvae.eval()  # never move the codebook while encoding
-    clip, n_given = context[:, :, s:], (T0 - s) // d
-    padded = torch.cat([clip, clip[:, :, -1:].expand(-1, -1, T - clip.shape[2], -1, -1)], dim=2)
+    clip, n_given = context[:, :, s:], (T0 - s) // d  # only latent frames of context alone: the encoder mixes frames
+    padded = torch.cat([clip, clip[:, :, -1:].expand(-1, -1, T - clip.shape[2], -1, -1)], dim=2)  # last frame copies
     given = dict(given=vqvae.encode(padded), given_mask=task_mask('fp', vc.latent_shape, n_given)) if n_given else {}
-    frames = clip[:, :, :gc.n_cond_frames] if gc.n_cond_frames else None
+    frames = clip[:, :, :gc.n_cond_frames] if gc.n_cond_frames else None  # the window's first, as in training
     n_latent = max(t, -(-(T0 - s + n_future) // d))  # latent frames that reach the last predicted frame
     codes = gpt.sample(len(context), frames, cond, generator=generator, n_latent_frames=n_latent, **given, **sampling)
     return vqvae.decode(codes)[:, :, T0 - s:T0 - s + n_future].clamp(-0.5, 0.5)
@@ -1376,8 +1301,7 @@ def _fill(cfg, args):
 
 
 def _sample_inputs(args):
-    """(videos, frames, cond) for `sample`: videos (n, C, T, H, W) from --from or --frames-from (a video file or a
-    dataset split, by default the prior's training dataset), actions from a .npy file, labels from --labels."""
+    """(videos (n, C, T, H, W), frames, cond) for `sample` from --from / --frames-from, --actions and --labels."""
     ckpt = load_checkpoint(args.gpt)
     gcfg, vcfg = GPTConfig(**ckpt['config']), VQVAEConfig(**load_checkpoint(args.vqvae)['config'])
     source, batch = args.from_ or args.frames_from, {}
@@ -1389,10 +1313,8 @@ def _sample_inputs(args):
         if args.from_ and clip.shape[1] < vcfg.sequence_length:
             sys.exit(f"{source} has {clip.shape[1]} frames; the VQ-VAE encodes {vcfg.sequence_length}")
         batch['video'] = clip[None, :, :vcfg.sequence_length].expand(args.n, -1, -1, -1, -1)
-    elif source:
-        given = {k: getattr(args, k) for k in ('dataset', 'data_dir', 'mnist_dir') if getattr(args, k)}
-        tc = TrainConfig(**dict(ckpt.get('train_config', {}), **given))  # the prior's training data unless overridden
-        ds = data.make_dataset(tc, vcfg.sequence_length, vcfg.resolution, train=source == 'train')
+    elif source:  # the prior's training data unless overridden
+        ds = _held_out(args, ckpt, vcfg.sequence_length, vcfg.resolution, train=source == 'train')
         batch = torch.utils.data.default_collate([ds[i] for i in range(args.n)])
     if gcfg.cond_dim and args.actions:
         actions = torch.as_tensor(np.load(args.actions), dtype=torch.float32)  # (T, 4) for all, or (n, T, 4)
@@ -1404,16 +1326,15 @@ def _sample_inputs(args):
     return (batch.get('video'), *gpt_inputs(gcfg, batch))
 
 
-def _held_out(args, ckpt, n_frames, resolution):
-    """The held-out split of the dataset a checkpoint was trained on (--dataset, --data-dir, --mnist-dir override)."""
+def _held_out(args, ckpt, n_frames, resolution, train=False):
+    """A split (held-out unless train) of a checkpoint's training data; --dataset, --data-dir, --mnist-dir override."""
     given = {k: getattr(args, k) for k in ('dataset', 'data_dir', 'mnist_dir') if getattr(args, k)}
-    return data.make_dataset(TrainConfig(**dict(ckpt.get('train_config', {}), **given)), n_frames, resolution, False)
+    return data.make_dataset(TrainConfig(**dict(ckpt.get('train_config', {}), **given)), n_frames, resolution, train)
 
 
 @torch.no_grad()
 def eval_command(args):
-    """`eval`: evaluate() on args.n held-out videos, 10 -> 10 style frame prediction with a prior (args.context real
-    frames, args.future predicted, scored by prediction_scores), FVD with --i3d; a table on stdout and a JSON file."""
+    """`eval`: evaluate(), --context -> --future frame prediction with a prior, FVD with --i3d; a table and a JSON."""
     from tqdm import tqdm
     device, t0 = setup_device()[0], time.time()
     vqvae = load_model(args.vqvae, 'vqvae').to(device)
@@ -1433,9 +1354,9 @@ def eval_command(args):
             sys.exit(f"the held-out videos have {ds[0]['video'].shape[1]} frames, fewer than --context + --future")
         sampling = dict(temperature=args.temperature, **(dict(top_k=args.top_k) if gpt.config.causal else
                                                           dict(steps=args.steps)))  # masked decoding takes no top_k
-        g, sums, real, fake = torch.Generator(device).manual_seed(args.seed), {}, [], []
-        for start in tqdm(range(0, min(n, len(ds)), args.batch_size), desc='prediction', disable=None):
-            b = torch.utils.data.default_collate([ds[i] for i in range(start, min(n, len(ds), start + args.batch_size))])
+        g, sums, real, fake, m = torch.Generator(device).manual_seed(args.seed), {}, [], [], min(n, len(ds))
+        for start in tqdm(range(0, m, args.batch_size), desc='prediction', disable=None):
+            b = torch.utils.data.default_collate([ds[i] for i in range(start, min(m, start + args.batch_size))])
             x, c = b['video'][:, :, :T], gpt_inputs(gpt.config, b)[1]
             pred = predict_frames(vqvae, gpt, x[:, :, :args.context].to(device), args.future,
                                   None if c is None else c.to(device), g, **sampling).cpu()
@@ -1451,10 +1372,8 @@ def eval_command(args):
             fake = torch.cat([vqvae(x.to(device))['x_hat'].clamp(-0.5, 0.5).cpu() for x in real.split(args.batch_size)])
         scores['fvd'] = fvd(real, fake, torch.jit.load(args.i3d, map_location=device).eval(), args.batch_size)
     scores['seconds'] = round(time.time() - t0, 1)
-    for k, v in scores.items():
-        print(f"{k:<24} {v:.4g}" if isinstance(v, float) else f"{k:<24} {v}")
-    info = dict(vqvae=args.vqvae, gpt=args.gpt, test_seq=args.test_seq, context=args.context, future=args.future,
-                temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    print('\n'.join(f"{k:<24} {v:.4g}" if isinstance(v, float) else f"{k:<24} {v}" for k, v in scores.items()))
+    info = {k: getattr(args, k) for k in 'vqvae gpt test_seq context future temperature top_k seed'.split()}
     data.atomic_write(args.json, lambda tmp: open(tmp, 'w').write(json.dumps(dict(info, **scores), indent=1)))
     print(f"wrote {args.json}")
     return scores
@@ -1464,7 +1383,7 @@ def demo(args):
     """Both stages on Moving MNIST with the 'demo' preset, then samples.gif and recon.png in args.out_dir."""
     vcfg, gcfg = preset_configs('demo')
     common = dict(dataset='mnist', mnist_dir=args.mnist_dir, n_digits=1, dataset_size=10_000, num_workers=0,
-                  log_every=50, warmup=100, overwrite=True, batch_size=8)  # one digit, its class the condition: two drew scribbles (RESULTS.md)
+                  log_every=50, warmup=100, overwrite=True, batch_size=8)  # one digit: two drew scribbles (RESULTS.md)
     t0 = time.time()
     train_vqvae(vcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'vqvae'), steps=args.vqvae_steps, lr=1e-3,
                                   sample_every=args.vqvae_steps, ckpt_every=args.vqvae_steps, **common))
@@ -1494,25 +1413,20 @@ def main(argv=None):
         _add_dataclass_args(s, TrainConfig)
     s = sub.add_parser('sample', help="sample videos from a prior checkpoint, or complete a real one (--task)")
     s.add_argument('--gpt', required=True, help="the prior's ckpt.pt")
-    s.add_argument('--vqvae', default='', help="its VQ-VAE's ckpt.pt (default: the one it was trained on)")
     s.add_argument('--task', choices=list(TASKS), help="complete the videos of --from: " + '; '.join(
         f'{k}: {v}' for k, v in TASKS.items()))
     s.add_argument('--from', dest='from_', metavar='VIDEO', help="with --task: a video file, or val / train")
-    s.add_argument('--n-given', type=int, default=1, help="latent frames given by --task fp")
-    s.add_argument('--steps', type=int, help="forward passes of masked decoding (default 12)")
-    s.add_argument('--out', default='samples.gif', help=".gif or .mp4")
-    s.add_argument('--frames', type=int, help="pixel frames per video, more than the VQ-VAE's window: slides")
-    for flag, kind, default in (('--n', int, 8), ('--temperature', float, 1.0), ('--top-k', int, None),
-                                ('--top-p', float, None), ('--seed', int, 0)):
-        s.add_argument(flag, type=kind, default=default)
-    s.add_argument('--guidance', type=float, default=1.0, help="classifier-free guidance scale for priors trained "
-                   "with --cond-dropout (1: none)")
-    s.add_argument('--frames-from', help="conditioning frames: 'val' / 'train' (a dataset split) or a video file")
-    s.add_argument('--actions', help="a .npy of actions (n, T, 4) or (T, 4), for action-conditioned priors")
-    s.add_argument('--labels', type=int, nargs='+', help="class labels, cycled over the n videos, for "
-                   "class-conditional priors (the demo's: digits 0-9)")
-    for flag in ('--dataset', '--data-dir', '--mnist-dir'):  # default: the dataset the prior was trained on
-        s.add_argument(flag, default='')
+    s.add_argument('--labels', type=int, nargs='+', help="class labels, cycled over the n videos (the demo's: 0-9)")
+    for flag, kind, default, what in (
+            ('--vqvae', str, '', "its VQ-VAE's ckpt.pt (default: the one it was trained on)"), ('--n', int, 8, ""),
+            ('--n-given', int, 1, "latent frames given by --task fp"), ('--out', str, 'samples.gif', ".gif or .mp4"),
+            ('--steps', int, None, "forward passes of masked decoding (default 12)"), ('--seed', int, 0, ""),
+            ('--frames', int, None, "pixel frames per video, more than the VQ-VAE's window: slides"),
+            ('--temperature', float, 1.0, ""), ('--top-k', int, None, ""), ('--top-p', float, None, ""),
+            ('--guidance', float, 1.0, "classifier-free guidance scale (1: none); the prior needs --cond-dropout"),
+            ('--frames-from', str, None, "conditioning frames: 'val' / 'train' (a dataset split) or a video file"),
+            ('--actions', str, None, "a .npy of actions (n, T, 4) or (T, 4), for action-conditioned priors")):
+        s.add_argument(flag, type=kind, default=default, help=what or None)
     e = sub.add_parser('eval', help="score a VQ-VAE (and a prior) on held-out videos: a table and a JSON file")
     e.add_argument('--vqvae', required=True, help="a VQ-VAE's ckpt.pt")
     e.add_argument('--gpt', default='', help="a prior's ckpt.pt: adds bits per token and frame prediction")
@@ -1524,8 +1438,8 @@ def main(argv=None):
              "predictions go to the same name .gif"), ('--test-seq', str, '', "mnist_test_seq.npy: predict its "
              "videos"), ('--i3d', str, '', "a TorchScript I3D file: adds FVD (see fvd)")):
         e.add_argument(flag, type=kind, default=default, help=what or None)
-    for flag in ('--dataset', '--data-dir', '--mnist-dir'):  # default: the dataset the checkpoint was trained on
-        e.add_argument(flag, default='')
+    for parser, flag in ((x, f) for x in (s, e) for f in ('--dataset', '--data-dir', '--mnist-dir')):
+        parser.add_argument(flag, default='')  # default: the dataset the checkpoint was trained on
     d = sub.add_parser('demo', help="train both stages on Moving MNIST on a CPU (<10 min), write samples.gif")
     for name, default in dict(out_dir='runs/demo', mnist_dir='', vqvae_steps=400, gpt_steps=1300).items():
         d.add_argument('--' + name.replace('_', '-'), type=type(default), default=default)
@@ -1555,8 +1469,7 @@ def main(argv=None):
             vcfg = VQVAEConfig(**load_checkpoint(args.vqvae, 'vqvae')['config'])
             T, d = vcfg.sequence_length, vcfg.downsample[0]
             if args.frames % d or args.frames < T or args.task:
-                p.error(f"--frames {args.frames}: give a multiple of the VQ-VAE's time downsampling ({d}), at least "
-                        f"its {T} frames, and no --task")
+                p.error(f"--frames {args.frames}: give a multiple of {d} (time downsampling), >= {T}, and no --task")
             sampling['n_latent_frames'] = args.frames // d
         videos, frames, cond = _sample_inputs(args)
         if not args.task:
