@@ -907,7 +907,8 @@ PRESETS = {  # name: (VQVAEConfig overrides, GPTConfig overrides)
     'ucf101': (  # 16x128x128 RGB -> 4x32x32, class-conditional (101 classes)
         dict(in_channels=3, resolution=128, downsample=(4, 4, 4), n_res_layers=4, embedding_dim=256, n_codes=1024),
         dict(n_embd=1024, n_head=8, n_layer=20, dropout=0.2, cond_dim=101)),
-    # Two digits, 8 frames -> 8x16x16 codes, < 2 h on 2 CPU cores: (2, 4, 4) stalled at 19 dB, 16 frames: 4,096 tokens.
+    # Two digits, 8 frames -> 8x16x16 codes, both stages < 2 h on 2 CPU cores; codes spanning 2 frames lost the
+    # strokes, and 16 frames at (1, 4, 4) would be 4,096 tokens (RESULTS.md, Moving MNIST on a 2-core CPU).
     'mnist-cpu': (dict(sequence_length=8, downsample=(1, 4, 4), n_hiddens=64, n_codes=512),
                   dict(n_embd=192, n_head=4, n_layer=4, dropout=0.0)),
     # Minutes on 2 CPU cores: one digit, 8 frames -> 8x8x8 codes, class-conditional (1x time, 64 codes: RESULTS.md).
