@@ -1031,7 +1031,9 @@ def export_weights(ckpt_path, out_path, vqvae_rel=None):
     save_checkpoint(out_path, **out)
 
 
-PRETRAINED = {'moving-mnist': {}}  # name: {file in weights/NAME/: sha256}, made by the README's Results commands
+PRETRAINED = {  # name: {file in weights/NAME/: sha256}, made by the README's Results commands (VQ-VAE first)
+    'moving-mnist': {'vqvae.pt': 'ab1b5bbc220cd48b6ad1738d68fe00874eb8fb673edb5d3d976e3acfb6cace02',
+                     'gpt.pt': '3054f828b59c798117698fb3f8484e2175ecfb2a7e453b104be6676842eb723f'}}
 
 
 def load_pretrained(name='moving-mnist', device='cpu'):

@@ -16,4 +16,5 @@ python -c "import videogpt as v; v.export_weights('$OUT/vqvae/ckpt.pt', 'weights
 v.export_weights('$OUT/gpt/ckpt.pt', 'weights/moving-mnist/gpt.pt', vqvae_rel='vqvae.pt')"
 sha256sum weights/moving-mnist/*.pt
 python videogpt.py eval --vqvae weights/moving-mnist/vqvae.pt --gpt weights/moving-mnist/gpt.pt --mnist-dir $MNIST \
-    --n 128 --top-k 1 --json assets/moving_mnist_eval.json
+    --n 128 --batch-size 32 --top-k 1 --json assets/moving_mnist_eval.json
+python videogpt.py sample --gpt weights/moving-mnist/gpt.pt --n 8 --out assets/moving_mnist_samples.gif
