@@ -1,11 +1,15 @@
-"""Speed and memory of VideoGPT's fixed workloads, against the original code's numbers on the same machine kind.
+"""Speed and memory of VideoGPT's fixed workloads, and of the original code's, side by side in one run.
 
-    python benchmarks/bench.py                 # CPU, 2 threads: every workload, each in a fresh process
-    python benchmarks/bench.py --device cuda   # GPU: bf16 steps, sampling, and MFU at the benchmark and BAIR sizes
+    python benchmarks/bench.py --original DIR      # CPU, 2 threads: ours and the original's, true ratios
+    python benchmarks/bench.py --scaling --original DIR   # and how cost grows with batch and sequence length
+    python benchmarks/bench.py                     # ours only: absolute figures, no ratios
+    python benchmarks/bench.py --device cuda       # GPU: bf16 steps, sampling, and MFU at the benchmark and BAIR sizes
 
-Each workload runs in its own process so that its peak RSS is its own. Timings are medians over repeated steps after
-warm-up; variants (fused vs reference attention, cached vs uncached sampling) run in the same process and are
-reported as ratios, which the machine's noise affects far less than absolute times.
+DIR is a checkout of the original code (github.com/wilson1yan/VideoGPT): the folder that holds its `videogpt/`
+package. Ratios are only meaningful when both sides run on the same machine in the same run: the same workload runs
+2-2.6x slower on one 2-core machine than on another of the same kind. Each workload runs in its own process so that
+its peak RSS is its own. Timings are medians over repeated steps after warm-up; variants (fused vs reference
+attention, cached vs uncached sampling) run in the same process and are reported as ratios.
 """
 import argparse
 import json
@@ -21,8 +25,6 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import videogpt as vg  # noqa: E402
 
-# The original code (wilson1yan/VideoGPT) on a 2-core CPU with 2 threads, measured by the project on these workloads.
-ORIGINAL = dict(vqvae_step_s=0.67, vqvae_rss_gb=0.93, prior_step_s=14.2, prior_rss_gb=2.5, sample_tok_s=1374)
 # Dense bf16 tensor-core peak of the GPUs this runs on (NVIDIA datasheets, SXM parts, without sparsity).
 PEAK_BF16 = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
 
@@ -77,18 +79,39 @@ def prior_flops_per_token(cfg):
     return 6 * n_params + 12 * cfg.n_layer * L * D
 
 
-def run_one(name, device, steps):
+# Latent grids by token count: the prior step's 2,048 and the sampling workload's 256 are the fixed workloads.
+GRIDS = {256: (4, 8, 8), 1024: (4, 16, 16), 2048: (8, 16, 16), 4096: (16, 16, 16), 8192: (8, 32, 32)}
+
+
+def parse(name):
+    """'prior', 'prior@8192', 'sample@1024@16', 'orig-prior@4096' -> (side, kind, tokens, batch). The fixed workloads
+    are 'prior' (2,048 tokens, batch 4) and 'sample' (256, batch 4); a prior with a token count runs at batch 1."""
+    original = name.startswith('orig-')
+    kind, *sizes = name[len('orig-') * original:].split('@')
+    tokens, batch = (list(map(int, sizes)) + [None, None])[:2]
+    if kind in ('prior', 'sample'):
+        batch = batch or (1 if kind == 'prior' and sizes else 4)
+        tokens = tokens or (2048 if kind == 'prior' else 256)
+        if tokens not in GRIDS:
+            sys.exit(f"{name}: token counts are {', '.join(map(str, GRIDS))}")
+    return ('original' if original else 'ours'), kind, tokens, batch
+
+
+def run_one(name, device, steps, original_dir=None):
+    side, kind, tokens, batch = parse(name)
+    if side == 'original':
+        return run_original(kind, tokens, batch, steps, original_dir)
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device.type == 'cuda' else None
-    res = dict(workload=name, device=torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu',
-               threads=torch.get_num_threads())
-    if name == 'vqvae':
+    res = dict(workload=name, side=side, device=torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu',
+               threads=torch.get_num_threads(), tokens=tokens, batch=batch)
+    if kind == 'vqvae':
         model = vg.VQVAE(vqvae_cfg()).to(device)
         x = torch.rand(4, 3, 16, 64, 64, device=device) - 0.5
         res['step_s'] = time_steps(train_step_fn(model, lambda m: m(x)['loss'], device, dtype), device, steps)
-    elif name in ('prior', 'prior-bair'):
-        if name == 'prior':  # 2,048 tokens (8x16x16), batch 4
-            cfg, batch = prior_cfg((8, 16, 16)), 4
+    elif kind in ('prior', 'prior-bair'):
+        if kind == 'prior':
+            cfg = prior_cfg(GRIDS[tokens], dropout=0.0)
         else:  # the paper's BAIR prior: 8x32x32 = 8,192 tokens, frame + action conditioning
             cfg, batch = vg.preset_configs('bair-8x32x32')[1], 8
         model = vg.VideoGPT(cfg).to(device)
@@ -109,70 +132,172 @@ def run_one(name, device, steps):
                 if hasattr(m, 'fast'):
                     m.fast = False
             res['reference_attention_step_s'] = time_steps(step, device, max(1, steps // 2), warmup=1)
-    elif name == 'sample':  # 256 tokens (4x8x8), batch 4
-        model = vg.VideoGPT(prior_cfg((4, 8, 8))).to(device).eval()
+    elif kind == 'sample':
+        model = vg.VideoGPT(prior_cfg(GRIDS[tokens])).to(device).eval()
         gen = torch.Generator(device).manual_seed(0)
-        t = time_steps(lambda: model.sample(4, generator=gen), device, steps)
-        res['sample_s'], res['tokens_per_s'] = t, 4 * 256 / t
+        t = time_steps(lambda: model.sample(batch, generator=gen), device, steps, warmup=1)
+        res['sample_s'], res['tokens_per_s'] = t, batch * tokens / t
         res['peak_rss_gb'] = peak_rss_gb()
-
-        @torch.no_grad()
-        def uncached():  # the same 256 tokens by a full forward pass per token, as without a KV cache
-            codes = torch.zeros(4, 256, dtype=torch.long, device=device)
-            for i in range(256):
-                logits, _ = model(codes.view(4, 4, 8, 8))
-                codes[:, i] = logits.view(4, 256, -1)[:, i].argmax(-1)
-        res['uncached_tokens_per_s'] = 4 * 256 / time_steps(uncached, device, 1, warmup=0)
+        if name == 'sample':
+            @torch.no_grad()
+            def uncached():  # the same 256 tokens by a full forward pass per token, as without a KV cache
+                codes = torch.zeros(4, 256, dtype=torch.long, device=device)
+                for i in range(256):
+                    logits, _ = model(codes.view(4, 4, 8, 8))
+                    codes[:, i] = logits.view(4, 256, -1)[:, i].argmax(-1)
+            res['uncached_tokens_per_s'] = 4 * 256 / time_steps(uncached, device, 1, warmup=0)
     if device.type == 'cuda':
         res['peak_gpu_gb'] = torch.cuda.max_memory_allocated() / 1e9
     res.setdefault('peak_rss_gb', peak_rss_gb())
     return res
 
 
+def load_original(root):
+    """The original code's VQVAE and VideoGPT classes, imported from a checkout as package `original_videogpt` (so
+    that it cannot be mistaken for ours), with stand-ins for what its modules import but these workloads never use."""
+    import argparse as ap
+    import importlib
+    import types
+    if not os.path.isfile(os.path.join(root or '', 'videogpt', 'gpt.py')):
+        sys.exit(f"--original {root}: no videogpt/gpt.py there: pass the folder that holds the original's videogpt/")
+
+    class LightningModule(torch.nn.Module):  # the classes use Lightning as a base class and to log hyper-parameters
+        def save_hyperparameters(self, *args, **kwargs):
+            pass
+    stand_ins = {'pytorch_lightning': dict(LightningModule=LightningModule, LightningDataModule=object),
+                 'skvideo': {}, 'skvideo.io': {}, 'original_videogpt': dict(__path__=[os.path.join(root, 'videogpt')]),
+                 'original_videogpt.download': dict(load_vqvae=None)}  # set per workload: the prior's VQ-VAE
+    for module, attrs in stand_ins.items():
+        sys.modules[module] = types.ModuleType(module)
+        sys.modules[module].__dict__.update(attrs)
+    vqvae = importlib.import_module('original_videogpt.vqvae')
+    gpt = importlib.import_module('original_videogpt.gpt')
+    return vqvae.VQVAE, gpt.VideoGPT, ap.Namespace
+
+
+def run_original(kind, tokens, batch, steps, root):
+    """The same workloads on the original code: its own classes, our timing; random data of the same shapes."""
+    VQVAE, VideoGPT, Args = load_original(root)
+    torch.manual_seed(0)
+    res = dict(workload=f"orig-{kind}" + (f"@{tokens}@{batch}" if tokens else ''), side='original', device='cpu',
+               threads=torch.get_num_threads(), tokens=tokens, batch=batch)
+    cpu = torch.device('cpu')
+    if kind == 'vqvae':  # its configuration of the VQ-VAE workload (embedding_dim 256 as in vqvae_cfg)
+        model = VQVAE(Args(embedding_dim=256, n_codes=512, n_hiddens=64, n_res_layers=2, downsample=(2, 4, 4),
+                           sequence_length=16, resolution=64))
+        x = torch.rand(4, 3, 16, 64, 64) - 0.5
+
+        def loss(m):
+            recon_loss, _, vq = m(x)
+            return recon_loss + vq['commitment_loss']
+        res['step_s'] = time_steps(train_step_fn(model, loss, cpu, None), cpu, steps)
+    else:  # the prior needs a VQ-VAE for its codebook only: a small one whose latent grid is the workload's
+        t, h, w = GRIDS[tokens]
+        vq = VQVAE(Args(embedding_dim=64, n_codes=512, n_hiddens=32, n_res_layers=1, downsample=(4, 4, 4),
+                        sequence_length=4 * t, resolution=4 * h))
+        vq.codebook._need_init = False
+        sys.modules['original_videogpt.download'].load_vqvae = lambda path: vq
+        model = VideoGPT(Args(vqvae='', n_cond_frames=0, class_cond=False, class_cond_dim=None, hidden_dim=192, heads=4,
+                              layers=4, dropout=0.0, attn_type='full', attn_dropout=0.0, resolution=4 * h,
+                              sequence_length=4 * t))
+        if kind == 'prior':
+            codes = torch.randint(0, 512, (batch, t, h, w))
+            emb = vq.codebook.dictionary_lookup(codes)
+            res['step_s'] = time_steps(train_step_fn(model, lambda m: m(emb, codes, {})[0], cpu, None), cpu, steps)
+            res['tokens_per_s'] = batch * tokens / res['step_s']
+        else:
+            model.eval()
+            vq.decode = lambda codes: codes.float()  # sampling alone: its sample() decodes to pixels at the end
+            res['sample_s'] = time_steps(lambda: model.sample(batch), cpu, steps, warmup=1)
+            res['tokens_per_s'] = batch * tokens / res['sample_s']
+    res['peak_rss_gb'] = peak_rss_gb()
+    return res
+
+
+SCALING = ([f'sample@{L}@{B}' for L in (256, 1024, 2048) for B in (1, 4, 16, 64)] +
+           [f'prior@{L}' for L in (1024, 2048, 4096, 8192)])
+ORIGINAL_SCALING = [f'orig-sample@{L}@4' for L in (256, 1024, 2048)] + [f'orig-prior@{L}' for L in (1024, 2048,
+                                                                                                   4096, 8192)]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument('--device', default='cpu')
-    p.add_argument('--threads', type=int, default=2, help="CPU threads (the original was measured with 2)")
+    p.add_argument('--threads', type=int, default=2, help="CPU threads")
     p.add_argument('--steps', type=int, default=5)
+    p.add_argument('--original', default='', help="a checkout of the original code: run its workloads too")
+    p.add_argument('--scaling', action='store_true', help="add tokens/s against batch and length, and the prior "
+                   "step against length (batch 1; with --original, the original's too), 2 steps each")
     p.add_argument('--one', help="run a single workload in this process and print its JSON")
     p.add_argument('--workloads', default='vqvae,prior,sample')
     p.add_argument('--json', help="also write the results to this file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(run_one(args.one, torch.device(args.device), args.steps)))
+        print(json.dumps(run_one(args.one, torch.device(args.device), args.steps, args.original)))
         return
+    names = args.workloads.split(',')
+    if args.original:
+        load_original(args.original)  # fail now, not after our workloads
+        names += ['orig-' + n for n in names if n in ('vqvae', 'prior', 'sample')]
+    scaling = (SCALING + (ORIGINAL_SCALING if args.original else [])) if args.scaling else []
     rows = []
-    for name in args.workloads.split(','):
+    for name in names + scaling:
         out = subprocess.run([sys.executable, __file__, '--one', name, '--device', args.device, '--threads',
-                              str(args.threads), '--steps', str(args.steps)], capture_output=True, text=True)
+                              str(args.threads), '--steps', str(2 if name in scaling else args.steps),
+                              '--original', args.original], capture_output=True, text=True)
         if out.returncode:
             sys.exit(out.stderr)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(dict(json.loads(out.stdout.strip().splitlines()[-1]), workload=name))
         print(json.dumps(rows[-1]), flush=True)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(rows, f, indent=1)
-    print(f"\n| workload | ours | original | speed-up | peak RSS ours / original |")
-    print("|---|---|---|---|---|")
+    print_tables(rows)
+
+
+def print_tables(rows):
+    by = {r['workload']: r for r in rows}
+    print("\n| workload | ours | original | speed-up | peak RSS ours / original |\n|---|---|---|---|---|")
+    for name, what, key in (('vqvae', 'VQ-VAE train step', 'step_s'), ('sample', 'sampling, 256 tokens x 4',
+                            'tokens_per_s'), ('prior', 'prior train step (2,048 tokens x 4)', 'step_s')):
+        r, o = by.get(name), by.get('orig-' + name)
+        if r is None:
+            continue
+        show = (lambda x: f"{x[key]:,.0f} tok/s") if key == 'tokens_per_s' else (lambda x: f"{x[key]:.3f} s")
+        if o is None:
+            print(f"| {what} | {show(r)} | (no --original) | | {r['peak_rss_gb']:.2f} GB |")
+            continue
+        speed = r[key] / o[key] if key == 'tokens_per_s' else o[key] / r[key]
+        print(f"| {what} | {show(r)} | {show(o)} | {speed:.2f}x | {r['peak_rss_gb']:.2f} / {o['peak_rss_gb']:.2f} GB"
+              f" = {r['peak_rss_gb'] / o['peak_rss_gb']:.2f} |")
+    if 'reference_attention_step_s' in by.get('prior', {}):
+        print(f"| reference attention / SDPA, prior step | {by['prior']['reference_attention_step_s'] / by['prior']['step_s']:.2f}x | | | |")
+    if 'uncached_tokens_per_s' in by.get('sample', {}):
+        print(f"| KV cache / no cache | {by['sample']['tokens_per_s'] / by['sample']['uncached_tokens_per_s']:.1f}x "
+              "| | | |")
+    samples = [r for r in rows if r['workload'].startswith('sample@')]
+    if samples:
+        batches = sorted({r['batch'] for r in samples})
+        print("\nSampling, tokens/s over the batch:\n\n| tokens | " + ' | '.join(f"batch {b}" for b in batches) +
+              " | original, batch 4 |\n" + "|---" * (len(batches) + 2) + "|")
+        for L in sorted({r['tokens'] for r in samples}):
+            cells = [by.get(f'sample@{L}@{b}', {}).get('tokens_per_s') for b in batches]
+            cells.append(by.get(f'orig-sample@{L}@4', {}).get('tokens_per_s'))
+            print(f"| {L:,} | " + ' | '.join('' if c is None else f"{c:,.0f}" for c in cells) + " |")
+    priors = [r for r in rows if r['workload'].startswith('prior@')]
+    if priors:
+        print("\nPrior train step, batch 1:\n\n| tokens | ours | peak RSS | original | peak RSS | speed-up |\n"
+              "|---|---|---|---|---|---|")
+        for r in priors:
+            o = by.get('orig-' + r['workload'])
+            theirs = (f"{o['step_s']:.2f} s | {o['peak_rss_gb']:.2f} GB | {o['step_s'] / r['step_s']:.1f}x" if o else
+                      " | | ")
+            print(f"| {r['tokens']:,} | {r['step_s']:.3f} s | {r['peak_rss_gb']:.2f} GB | {theirs} |")
     for r in rows:
-        if r['workload'] == 'vqvae':
-            print(f"| VQ-VAE train step | {r['step_s']:.3f} s | {ORIGINAL['vqvae_step_s']} s | "
-                  f"{ORIGINAL['vqvae_step_s'] / r['step_s']:.2f}x | {r['peak_rss_gb']:.2f} / "
-                  f"{ORIGINAL['vqvae_rss_gb']} GB = {r['peak_rss_gb'] / ORIGINAL['vqvae_rss_gb']:.2f} |")
-        elif r['workload'] == 'prior':
-            print(f"| prior train step (2,048 tokens) | {r['step_s']:.3f} s | {ORIGINAL['prior_step_s']} s | "
-                  f"{ORIGINAL['prior_step_s'] / r['step_s']:.2f}x | {r['peak_rss_gb']:.2f} / "
-                  f"{ORIGINAL['prior_rss_gb']} GB = {r['peak_rss_gb'] / ORIGINAL['prior_rss_gb']:.2f} |")
-            print(f"|   reference attention / SDPA step time | {r['reference_attention_step_s'] / r['step_s']:.2f}x "
-                  f"| | | |")
-        elif r['workload'] == 'sample':
-            print(f"| sampling, 256 tokens x 4 | {r['tokens_per_s']:.0f} tok/s | {ORIGINAL['sample_tok_s']} tok/s | "
-                  f"{r['tokens_per_s'] / ORIGINAL['sample_tok_s']:.2f}x | {r['peak_rss_gb']:.2f} GB |")
-            print(f"|   KV cache / no cache | {r['tokens_per_s'] / r['uncached_tokens_per_s']:.1f}x | | | |")
-        if 'mfu' in r and r['mfu'] is not None:
+        if r.get('mfu') is not None:
             print(f"| {r['workload']} bf16 MFU on {r['device']} | {100 * r['mfu']:.1f} % "
-                  f"({r['tflops']:.0f} TFLOP/s, {r['tokens_per_s']:.0f} tok/s) | | | |")
+                  f"({r['tflops']:.0f} TFLOP/s, {r['tokens_per_s']:.0f} tok/s) |")
 
 
 if __name__ == '__main__':
