@@ -97,10 +97,10 @@ def parse(name):
     return ('original' if original else 'ours'), kind, tokens, batch
 
 
-def run_one(name, device, steps, original_dir=None):
+def run_one(name, device, steps, original_dir=None, dropout=0.0):
     side, kind, tokens, batch = parse(name)
     if side == 'original':
-        return run_original(kind, tokens, batch, steps, original_dir)
+        return run_original(kind, tokens, batch, steps, original_dir, dropout)
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device.type == 'cuda' else None
     res = dict(workload=name, side=side, device=torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu',
@@ -111,7 +111,7 @@ def run_one(name, device, steps, original_dir=None):
         res['step_s'] = time_steps(train_step_fn(model, lambda m: m(x)['loss'], device, dtype), device, steps)
     elif kind in ('prior', 'prior-bair'):
         if kind == 'prior':
-            cfg = prior_cfg(GRIDS[tokens], dropout=0.0)
+            cfg = prior_cfg(GRIDS[tokens], dropout=dropout, attn_dropout=dropout)
         else:  # the paper's BAIR prior: 8x32x32 = 8,192 tokens, frame + action conditioning
             cfg, batch = vg.preset_configs('bair-8x32x32')[1], 8
         model = vg.VideoGPT(cfg).to(device)
@@ -175,7 +175,7 @@ def load_original(root):
     return vqvae.VQVAE, gpt.VideoGPT, ap.Namespace
 
 
-def run_original(kind, tokens, batch, steps, root):
+def run_original(kind, tokens, batch, steps, root, dropout=0.0):
     """The same workloads on the original code: its own classes, our timing; random data of the same shapes."""
     VQVAE, VideoGPT, Args = load_original(root)
     torch.manual_seed(0)
@@ -197,9 +197,9 @@ def run_original(kind, tokens, batch, steps, root):
                         sequence_length=4 * t, resolution=4 * h))
         vq.codebook._need_init = False
         sys.modules['original_videogpt.download'].load_vqvae = lambda path: vq
-        model = VideoGPT(Args(vqvae='', n_cond_frames=0, class_cond=False, class_cond_dim=None, hidden_dim=192, heads=4,
-                              layers=4, dropout=0.0, attn_type='full', attn_dropout=0.0, resolution=4 * h,
-                              sequence_length=4 * t))
+        model = VideoGPT(Args(vqvae='', n_cond_frames=0, class_cond=False, class_cond_dim=None, hidden_dim=192,
+                              heads=4, layers=4, dropout=dropout, attn_type='full', attn_dropout=dropout,
+                              resolution=4 * h, sequence_length=4 * t))
         if kind == 'prior':
             codes = torch.randint(0, 512, (batch, t, h, w))
             emb = vq.codebook.dictionary_lookup(codes)
@@ -228,13 +228,14 @@ def main():
     p.add_argument('--original', default='', help="a checkout of the original code: run its workloads too")
     p.add_argument('--scaling', action='store_true', help="add tokens/s against batch and length, and the prior "
                    "step against length (batch 1; with --original, the original's too), 2 steps each")
+    p.add_argument('--dropout', type=float, default=0.0, help="the priors' dropout and attention dropout, both sides")
     p.add_argument('--one', help="run a single workload in this process and print its JSON")
     p.add_argument('--workloads', default='vqvae,prior,sample')
     p.add_argument('--json', help="also write the results to this file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(run_one(args.one, torch.device(args.device), args.steps, args.original)))
+        print(json.dumps(run_one(args.one, torch.device(args.device), args.steps, args.original, args.dropout)))
         return
     names = args.workloads.split(',')
     if args.original:
@@ -245,7 +246,8 @@ def main():
     for name in names + scaling:
         out = subprocess.run([sys.executable, __file__, '--one', name, '--device', args.device, '--threads',
                               str(args.threads), '--steps', str(2 if name in scaling else args.steps),
-                              '--original', args.original], capture_output=True, text=True)
+                              '--original', args.original, '--dropout', str(args.dropout)], capture_output=True,
+                             text=True)
         if out.returncode:
             sys.exit(out.stderr)
         rows.append(dict(json.loads(out.stdout.strip().splitlines()[-1]), workload=name))
@@ -272,7 +274,8 @@ def print_tables(rows):
         print(f"| {what} | {show(r)} | {show(o)} | {speed:.2f}x | {r['peak_rss_gb']:.2f} / {o['peak_rss_gb']:.2f} GB"
               f" = {r['peak_rss_gb'] / o['peak_rss_gb']:.2f} |")
     if 'reference_attention_step_s' in by.get('prior', {}):
-        print(f"| reference attention / SDPA, prior step | {by['prior']['reference_attention_step_s'] / by['prior']['step_s']:.2f}x | | | |")
+        ratio = by['prior']['reference_attention_step_s'] / by['prior']['step_s']
+        print(f"| reference attention / SDPA, prior step | {ratio:.2f}x | | | |")
     if 'uncached_tokens_per_s' in by.get('sample', {}):
         print(f"| KV cache / no cache | {by['sample']['tokens_per_s'] / by['sample']['uncached_tokens_per_s']:.1f}x "
               "| | | |")
