@@ -9,6 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import torch  # noqa: E402
+from einops import rearrange  # noqa: E402
 
 import data  # noqa: E402
 import videogpt as v  # noqa: E402
@@ -19,10 +20,12 @@ x = torch.stack([ds[i]['video'] for i in range(32)])
 with torch.no_grad():
     codes = vq.encode(x)
     rec = vq.decode(codes).clamp(-0.5, 0.5)
-black = (x[:, 0] <= -0.5).unflatten(2, (16, 4)).unflatten(4, (16, 4)).all(3).all(4)
-cnt = torch.bincount(codes[black], minlength=vq.config.n_codes).float()
-p = cnt / cnt.sum()
+_, h, w = vq.config.latent_shape  # each code covers one (T/t) x (H/h) x (W/w) patch; here 1 x 4 x 4
+patches = rearrange(x[:, 0] <= -0.5, 'B T (h a) (w b) -> B T h w (a b)', h=h, w=w)  # (B, T, h, w, pixels)
+black = patches.all(-1)                                                               # (B, t, h, w), as codes
+counts = torch.bincount(codes[black], minlength=vq.config.n_codes)
+perplexity, _ = v.codebook_stats(counts)
 print(f"{sys.argv[1]}: PSNR {v.psnr(rec, x).mean():.2f} dB, SSIM {v.ssim(rec, x).mean():.3f}; black patches: "
-      f"{int((cnt > 0).sum())} distinct codes of {vq.config.n_codes}, perplexity "
-      f"{torch.exp(-(p[p > 0] * p[p > 0].log()).sum()):.1f}, top code {p.max():.3f}; codes repeating from the "
-      f"previous latent frame {(codes[:, 1:] == codes[:, :-1]).float().mean():.2f}")
+      f"{int((counts > 0).sum())} distinct codes of {vq.config.n_codes}, perplexity {perplexity:.1f}, top code "
+      f"{counts.max() / counts.sum():.3f}; codes repeating from the previous latent frame "
+      f"{(codes[:, 1:] == codes[:, :-1]).float().mean():.2f}")

@@ -87,7 +87,7 @@ def parse(name):
     """'prior', 'prior@8192', 'sample@1024@16', 'orig-prior@4096' -> (side, kind, tokens, batch). The fixed workloads
     are 'prior' (2,048 tokens, batch 4) and 'sample' (256, batch 4); a prior with a token count runs at batch 1."""
     original = name.startswith('orig-')
-    kind, *sizes = name[len('orig-') * original:].split('@')
+    kind, *sizes = name.removeprefix('orig-').split('@')
     tokens, batch = (list(map(int, sizes)) + [None, None])[:2]
     if kind in ('prior', 'sample'):
         batch = batch or (1 if kind == 'prior' and sizes else 4)
@@ -152,14 +152,18 @@ def run_one(name, device, steps, original_dir=None, dropout=0.0):
     return res
 
 
+def check_original(root):
+    if not os.path.isfile(os.path.join(root or '', 'videogpt', 'gpt.py')):
+        sys.exit(f"--original {root}: no videogpt/gpt.py there: pass the folder that holds the original's videogpt/")
+
+
 def load_original(root):
     """The original code's VQVAE and VideoGPT classes, imported from a checkout as package `original_videogpt` (so
     that it cannot be mistaken for ours), with stand-ins for what its modules import but these workloads never use."""
     import argparse as ap
     import importlib
     import types
-    if not os.path.isfile(os.path.join(root or '', 'videogpt', 'gpt.py')):
-        sys.exit(f"--original {root}: no videogpt/gpt.py there: pass the folder that holds the original's videogpt/")
+    check_original(root)
 
     class LightningModule(torch.nn.Module):  # the classes use Lightning as a base class and to log hyper-parameters
         def save_hyperparameters(self, *args, **kwargs):
@@ -239,7 +243,7 @@ def main():
         return
     names = args.workloads.split(',')
     if args.original:
-        load_original(args.original)  # fail now, not after our workloads
+        check_original(args.original)  # fail now, not after our workloads
         names += ['orig-' + n for n in names if n in ('vqvae', 'prior', 'sample')]
     scaling = (SCALING + (ORIGINAL_SCALING if args.original else [])) if args.scaling else []
     rows = []
