@@ -189,6 +189,23 @@ def test_dead_codes_restart_from_encoder_outputs():
     assert (cb.cluster_size >= 0.5).all()
 
 
+def test_dead_codes_restart_where_the_error_is():
+    # 15 of 16 vectors sit exactly on code 0 (error 0), one is far from every code: restarts must all land on it,
+    # where uniform draws would put 15 in 16 on the well-represented cluster.
+    torch.manual_seed(0)
+    cb = vg.EMACodebook(8, 2, decay=0.5, dead_threshold=1.0)
+    cb.initialized.fill_(True)
+    cb.embeddings.copy_(torch.arange(8.0)[:, None].repeat(1, 2))
+    cb.embed_sum.copy_(cb.embeddings)
+    cb.cluster_size.fill_(1.0)
+    flat = torch.zeros(16, 2)
+    flat[5] = torch.tensor([-40.0, 30.0])
+    cb(flat.t().reshape(1, 2, 1, 4, 4))
+    dead = cb.cluster_size == 1.0  # restarted codes have their count reset to the threshold
+    assert dead.sum() >= 5
+    torch.testing.assert_close(cb.embeddings[dead], flat[5].expand(int(dead.sum()), 2))
+
+
 def test_reload_does_not_reinitialise(tmp_path):
     m = tiny_vqvae()
     m(video())

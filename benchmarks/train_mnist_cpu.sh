@@ -8,7 +8,7 @@ MNIST=${MNIST_DIR:-../shared/data/mnist}
 OUT=${OUT:-runs/mm}
 resume() { if [ -f "$1/ckpt.pt" ]; then echo "--resume true"; fi; }
 common="--preset mnist-cpu --mnist-dir $MNIST --batch-size 8 --lr 1e-3 --warmup 100 --num-workers 1 --log-every 25"
-python videogpt.py train-vqvae $common --out-dir $OUT/vqvae --steps 1800 --ckpt-every 100 --sample-every 300 \
+python videogpt.py train-vqvae $common --out-dir $OUT/vqvae --steps 3000 --ckpt-every 100 --sample-every 300 \
     $(resume $OUT/vqvae)
 python videogpt.py train-gpt $common --out-dir $OUT/gpt --steps 700 --ckpt-every 50 --sample-every 350 \
     --vqvae $OUT/vqvae/ckpt.pt $(resume $OUT/gpt)
