@@ -95,14 +95,11 @@ class AxisPositionEmbedding(nn.Module):
 # ------------------------------------------------------------------------------------------------------------------
 # VQ-VAE building blocks (paper section 3.1, figure 4)
 
-def down_conv(c_in, c_out, stride):
+def strided_conv(c_in, c_out, stride, transposed=False):
     # Padding 1: kernel 4 / stride 2 halves an axis ((n + 2 - 4) / 2 + 1), kernel 3 keeps it: any factor builds, even 1.
-    return nn.Conv3d(c_in, c_out, tuple(4 if s == 2 else 3 for s in stride), stride, padding=1)
-
-
-def up_conv(c_in, c_out, stride):
-    # The transposed mirror of down_conv: kernel 4 / stride 2 / padding 1 doubles an axis exactly.
-    return nn.ConvTranspose3d(c_in, c_out, tuple(4 if s == 2 else 3 for s in stride), stride, padding=1)
+    # Transposed, its mirror: kernel 4 / stride 2 / padding 1 doubles an axis exactly.
+    conv = nn.ConvTranspose3d if transposed else nn.Conv3d
+    return conv(c_in, c_out, tuple(4 if s == 2 else 3 for s in stride), stride, padding=1)
 
 
 class AxialAttention(nn.Module):
@@ -127,12 +124,13 @@ class AxialAttention(nn.Module):
 
 class AttentionResidualBlock(nn.Module):
     """x + f(x) with f = norm-ReLU-conv3-norm-ReLU-conv1-norm-ReLU-axial attention (figure 4). (B, D, t, h, w)."""
-    def __init__(self, dim, n_head, axial_attention):
+    def __init__(self, cfg):
         super().__init__()
+        dim = cfg.n_hiddens
         self.conv = nn.Sequential(  # a bottleneck to half the width, as in the original code
             group_norm(dim), nn.ReLU(), nn.Conv3d(dim, dim // 2, 3, padding=1),
             group_norm(dim // 2), nn.ReLU(), nn.Conv3d(dim // 2, dim, 1), group_norm(dim), nn.ReLU())
-        self.attn = AxialAttention(dim, n_head) if axial_attention else None
+        self.attn = AxialAttention(dim, cfg.n_head) if cfg.axial_attention else None
 
     def forward(self, x, pos):
         if torch.is_grad_enabled():  # activation checkpointing: keep only x, recompute the branch in the backward pass
@@ -151,11 +149,10 @@ class Encoder(nn.Module):
         super().__init__()
         D, n_down = cfg.n_hiddens, [int(math.log2(d)) for d in cfg.downsample]
         # Stage i halves the axes still to halve; stage 0 reads the C channels: at full resolution, width D costs most.
-        convs = [down_conv(D if i else cfg.in_channels, D, tuple(2 if i < n else 1 for n in n_down))
+        convs = [strided_conv(D if i else cfg.in_channels, D, tuple(2 if i < n else 1 for n in n_down))
                  for i in range(max(n_down))]  # then a size-keeping conv: the only one when nothing is downsampled
         self.convs = nn.ModuleList(convs + [nn.Conv3d(D if convs else cfg.in_channels, D, 3, padding=1)])
-        self.blocks = nn.ModuleList([AttentionResidualBlock(D, cfg.n_head, cfg.axial_attention)
-                                     for _ in range(cfg.n_res_layers)])
+        self.blocks = nn.ModuleList([AttentionResidualBlock(cfg) for _ in range(cfg.n_res_layers)])
         self.out = nn.Sequential(group_norm(D), nn.ReLU())
 
     def forward(self, x, pos):
@@ -172,12 +169,11 @@ class Decoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         D, n_up = cfg.n_hiddens, [int(math.log2(d)) for d in cfg.downsample]
-        self.blocks = nn.ModuleList([AttentionResidualBlock(D, cfg.n_head, cfg.axial_attention)
-                                     for _ in range(cfg.n_res_layers)])
+        self.blocks = nn.ModuleList([AttentionResidualBlock(cfg) for _ in range(cfg.n_res_layers)])
         self.norm = nn.Sequential(group_norm(D), nn.ReLU())
         n = max(n_up)  # upsample the axes whose factor is largest first: stage i mirrors encoder stage n - 1 - i
-        stages = [up_conv(D, cfg.in_channels if i == n - 1 else D, tuple(2 if n - i <= m else 1 for m in n_up))
-                  for i in range(n)]
+        stages = [strided_conv(D, cfg.in_channels if i == n - 1 else D, tuple(2 if n - i <= m else 1 for m in n_up),
+                               transposed=True) for i in range(n)]
         self.convs = nn.ModuleList(stages or [nn.Conv3d(D, cfg.in_channels, 3, padding=1)])
 
     def forward(self, x, pos):
@@ -387,7 +383,7 @@ class FrameEncoder(nn.Module):
         super().__init__()
         D = cfg.frame_width  # narrower than n_embd: a 3D conv has 27 D^2 weights, 80M in all at D = 512
         self.stem = nn.Conv3d(cfg.frame_channels, D, 3, padding=1)  # not ResNet-34: 3 stages suffice at 64x64
-        self.stages = nn.ModuleList([nn.ModuleDict(dict(down=down_conv(D, D, (1, 2, 2)), res=nn.Sequential(
+        self.stages = nn.ModuleList([nn.ModuleDict(dict(down=strided_conv(D, D, (1, 2, 2)), res=nn.Sequential(
             group_norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1),
             group_norm(D), nn.ReLU(), nn.Conv3d(D, D, 3, padding=1)))) for _ in range(3)])
         self.pos = AxisPositionEmbedding((cfg.n_cond_frames, cfg.frame_size // 8, cfg.frame_size // 8), D)
