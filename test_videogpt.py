@@ -864,7 +864,7 @@ def test_clear_errors_vqvae():
     m = tiny_vqvae()
     _raises(ValueError, r'\(B, C, T, H, W\).*x\[None\]', lambda: m(torch.rand(1, 4, 8, 8) - 0.5))
     _raises(ValueError, r'3 channels.*in_channels=3', lambda: m(video(C=3)))
-    _raises(ValueError, r'not divisible.*crop or resize', lambda: m(video(H=9)))
+    _raises(ValueError, r'video is 4x9x9 but the model was built for 4x8x8: crop or resize', lambda: m(video(H=9)))
     _raises(ValueError, r'\[-0.5, 0.5\].*x / 255 - 0.5', lambda: m(video() * 10))
     _raises(TypeError, r'float.*/ 255 - 0.5', lambda: m(torch.zeros(2, 1, 4, 8, 8, dtype=torch.uint8)))
     _raises(ValueError, r'not divisible.*multiples of', lambda: vg.VQVAEConfig(resolution=60, downsample=(1, 8, 8)))

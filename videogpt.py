@@ -318,10 +318,7 @@ class VQVAE(nn.Module):
         if x.shape[1] != cfg.in_channels:
             raise ValueError(f"video has {x.shape[1]} channels but the model was built for {cfg.in_channels}: "
                              f"set VQVAEConfig(in_channels={x.shape[1]}) or convert the video; channels go on axis 1")
-        T, H, W = x.shape[2:]
-        for n, d, axis in zip((T, H, W), cfg.downsample, 'THW'):
-            if n % d:
-                raise ValueError(f"{axis}={n} is not divisible by the downsample factor {d}: crop or resize the video")
+        T, H, W = x.shape[2:]  # the config's sizes are divisible by the downsample factors (VQVAEConfig checks)
         if (T, H, W) != (cfg.sequence_length, cfg.resolution, cfg.resolution):  # the position embeddings' size
             raise ValueError(f"video is {T}x{H}x{W} but the model was built for {cfg.sequence_length}x{cfg.resolution}"
                              f"x{cfg.resolution}: crop or resize the video, or build a VQVAEConfig for this size")
