@@ -48,12 +48,22 @@ def to_video(frames):
     return x.unsqueeze(0) if x.ndim == 3 else rearrange(x, 't h w c -> c t h w')
 
 
-def _md5(path):
-    h = hashlib.md5()
+def checksum(path, algorithm='md5'):
+    """The hex digest of a file, read in 4 MB chunks."""
+    h = hashlib.new(algorithm)
     with open(path, 'rb') as f:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
+
+
+def checked_files(folder, digests):
+    """The paths of folder's files named by digests ({file: sha256}), each checked against its digest first."""
+    paths = [os.path.join(folder, file) for file in digests]
+    for path, digest in zip(paths, digests.values()):
+        if (got := checksum(path, 'sha256')) != digest:  # a Git LFS pointer, a truncated or changed copy: never load it
+            raise ValueError(f"{path} has sha256 {got}, expected {digest}: git checkout it again, or git lfs pull")
+    return paths
 
 
 def _download(url, dest, md5=None, hint=''):
@@ -70,7 +80,7 @@ def _download(url, dest, md5=None, hint=''):
     except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, timeouts, refusals: OSError
         part.unlink(missing_ok=True)
         raise RuntimeError(f'could not download {url} ({e}). {hint}') from e
-    if md5 is not None and (got := _md5(part)) != md5:
+    if md5 is not None and (got := checksum(part)) != md5:
         part.unlink()
         raise RuntimeError(f'{url} downloaded with md5 {got}, expected {md5}. {hint}')
     os.replace(part, dest)
@@ -104,6 +114,17 @@ def atomic_write(path, write):
         if isinstance(e, OSError):
             raise OSError(f'could not write {path} ({e}); free some disk space or write elsewhere') from e
         raise
+
+
+def write_json(path, obj):
+    """obj as indented JSON, written atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
+
+
+def write_jsonl(path, rows, mode='w'):
+    """Rows (dicts) as JSON lines: mode 'w' writes the file anew, 'a' appends to it."""
+    with open(path, mode) as f:
+        f.writelines(json.dumps(row) + '\n' for row in rows)
 
 
 def read_idx(path, magic):
@@ -150,7 +171,7 @@ def load_mnist(mnist_dir=None, split='train', download=True, fallback=True, cach
     cache = Path(cache_dir or CACHE_DIR / 'mnist')
     names = MNIST_FILES[split]
     # Cached files are md5-checked: a download cut short, or a proxy's error page, must not pass for MNIST.
-    todo = [n for n in names if not (cache / n).exists() or _md5(cache / n) != MNIST_MD5[n]]
+    todo = [n for n in names if not (cache / n).exists() or checksum(cache / n) != MNIST_MD5[n]]
     errors = []
     for mirror in MNIST_MIRRORS if download else []:
         try:
@@ -327,7 +348,7 @@ def load_moving_mnist_test(path_or_dir=None, md5=MMNIST_TEST_MD5, download=True,
         if not (download and is_dir):
             raise FileNotFoundError(f'{path} does not exist. {hint}')
         _download(MMNIST_TEST_URL, path, md5, hint)
-    if md5 is not None and (got := _md5(path)) != md5:
+    if md5 is not None and (got := checksum(path)) != md5:
         raise ValueError(f'{path} has md5 {got}, expected {md5}: re-download it from {MMNIST_TEST_URL}, '
                          'or pass md5=None for a file you made yourself')
     try:
@@ -461,7 +482,7 @@ def convert_bair(tar_path, out_dir, n_val_files=1):
     marker = {'source': str(tar_path), 'n_val_files': n_val_files,
               'val_rule': f'last {n_val_files} train file(s) in sorted name order',
               'splits': {s: {'n': sum(counts[s]), 'files': [m.name for m in ms]} for s, ms in splits.items()}}
-    atomic_write(out_dir / BAIR_MARKER, lambda tmp: Path(tmp).write_text(json.dumps(marker, indent=1)))
+    write_json(out_dir / BAIR_MARKER, marker)
     return marker
 
 
@@ -761,6 +782,9 @@ def encode_dataset(vqvae, dataset, path, batch_size=32, n_frames=0):
     """Encode every video once into a file of int16 codes (N, t, h, w) plus the items' other fields (actions,
     labels), written atomically; a second call loads it. For a dataset of random windows, n_frames > 0 also stores
     the first n_frames frames of each encoded window (uint8), so that frame conditioning sees that same window."""
+    if len(dataset) >= FRESH:  # Moving MNIST's endless training set: no file could hold it
+        raise ValueError("encode_dataset (--codes-file) encodes a fixed set: for Moving MNIST pass --dataset-size N "
+                         "(e.g. 20000)")
     # The file remembers which codebook made it: codes of a retrained VQ-VAE must not be served from a stale file.
     fingerprint = vqvae.codebook.embeddings.double().sum().item()
     n_frames = n_frames if n_frames and random_windows(dataset) else 0

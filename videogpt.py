@@ -13,7 +13,6 @@ Axis legend: B batch, C channels, T/H/W video frames/height/width, t/h/w latent 
     E code size, K codes, S conditioning tokens, nh heads, hd = D // nh. Videos (B, C, T, H, W) in [-0.5, 0.5].
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -1037,18 +1036,10 @@ PRETRAINED = {  # name: {file in weights/NAME/: sha256}, made by the README's Re
 
 def load_pretrained(name='moving-mnist', device='cpu'):
     """(vqvae, gpt) in eval mode from the weights committed under weights/NAME/, after checking their sha256."""
-    import hashlib
     if name not in PRETRAINED:
         raise ValueError(f"no pretrained weights named {name!r}: choose one of {', '.join(PRETRAINED)}")
-    models = []
-    for file, digest in PRETRAINED[name].items():
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights', name, file)
-        with open(path, 'rb') as f:
-            got = hashlib.sha256(f.read()).hexdigest()
-        if got != digest:  # a Git LFS pointer, a truncated copy or a changed file: never load it silently
-            raise ValueError(f"{path} has sha256 {got}, expected {digest}: git checkout it again, or git lfs pull")
-        models.append(load_model(path).to(device))
-    return tuple(models)
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights', name)
+    return tuple(load_model(path).to(device) for path in data.checked_files(folder, PRETRAINED[name]))
 
 
 def make_optimizer(model, tcfg, device):
@@ -1106,8 +1097,7 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
     step, log = resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg) if tcfg.out_dir else (0, [])
     if files:  # the log as of the checkpoint: rows written after it, before an interruption, are replayed
         os.makedirs(tcfg.out_dir, exist_ok=True)
-        with open(os.path.join(tcfg.out_dir, 'metrics.jsonl'), 'w') as f:
-            f.writelines(json.dumps(row) + '\n' for row in log)
+        data.write_jsonl(os.path.join(tcfg.out_dir, 'metrics.jsonl'), log)
     # DDP averages gradients; the codebook all-reduces its own buffers, so DDP must not overwrite them with rank 0's.
     fwd = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
     fwd = torch.compile(fwd) if tcfg.compile else fwd
@@ -1136,8 +1126,7 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
                                 **{k: float(v.detach()) for k, v in metrics.items()}))
                 bar.set_postfix({k: f"{v:.3g}" for k, v in log[-1].items() if k not in ('step', 'time', 'lr')})
                 if files:
-                    with open(os.path.join(tcfg.out_dir, 'metrics.jsonl'), 'a') as f:
-                        f.write(json.dumps(log[-1]) + '\n')
+                    data.write_jsonl(os.path.join(tcfg.out_dir, 'metrics.jsonl'), log[-1:], mode='a')
                 if on_log and rank == 0:
                     on_log(log)
             if files and on_sample and (step % tcfg.sample_every == 0 or step == tcfg.steps):
@@ -1193,8 +1182,6 @@ def train_gpt(gcfg, tcfg, dataset=None):
                          f"makes {', '.join(f'{k}={getattr(fitted, k)}' for k in keys)}: use fit_prior(gcfg, vcfg)")
     dataset = dataset or data.make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)
     if tcfg.codes_file:
-        if len(dataset) >= data.FRESH:
-            raise ValueError("--codes-file encodes a fixed set: for Moving MNIST pass --dataset-size N (e.g. 20000)")
         encoded = data.encode_dataset(vqvae, dataset, tcfg.codes_file, n_frames=gcfg.n_cond_frames)
         dataset = data.CodesDataset(dataset, encoded, keep_video=gcfg.n_cond_frames > 0)
     fixed = torch.utils.data.default_collate([dataset[i] for i in range(min(4, len(dataset)))])
@@ -1376,7 +1363,7 @@ def eval_command(args):
     scores['seconds'] = round(time.time() - t0, 1)
     print('\n'.join(f"{k:<24} {v:.4g}" if isinstance(v, float) else f"{k:<24} {v}" for k, v in scores.items()))
     info = {k: getattr(args, k) for k in 'vqvae gpt test_seq context future temperature top_k seed'.split()}
-    data.atomic_write(args.json, lambda tmp: open(tmp, 'w').write(json.dumps(dict(info, **scores), indent=1)))
+    data.write_json(args.json, dict(info, **scores))
     print(f"wrote {args.json}")
     return scores
 
