@@ -10,7 +10,9 @@ Every dataset returns a dict: 'video' float32 (C, T, H, W) in [-0.5, 0.5], plus 
 Axis legend: N samples, T frames, H/W pixels, C channels.
 
 For videogpt.py's training loop and command line: make_dataset (a dataset by name), batches (batches that --resume
-replays exactly), encode_dataset / CodesDataset (a dataset encoded once into codes), save_video_grid and plot_metrics.
+replays exactly), gpt_inputs (a batch's conditioning), encode_dataset / CodesDataset (a dataset encoded once into
+codes), the checkpoint files (save_checkpoint, load_checkpoint, export_weights, find_vqvae), checked_files (the
+pretrained weights' sha256), save_video_grid and plot_metrics.
 """
 import gzip
 import hashlib
@@ -699,6 +701,15 @@ def make_dataset(tcfg, n_frames, resolution, train=True):
     raise ValueError(f"unknown dataset {tcfg.dataset!r}: choose mnist, bair or folder")
 
 
+def gpt_inputs(gcfg, batch):
+    """(frames, cond) for the prior from a batch: the clip's first frames, its actions or label (gcfg: a GPTConfig)."""
+    frames = batch['video'][:, :, :gcfg.n_cond_frames] if gcfg.n_cond_frames else None
+    if gcfg.cond_dim and not {'actions', 'label'} & set(batch):
+        raise ValueError(f"the prior is vector-conditioned (cond_dim={gcfg.cond_dim}) but the items hold no 'actions' "
+                         "or 'label': use BAIR, class folders, Moving MNIST with --n-digits 1, or --cond-dim 0")
+    return frames, (batch.get('actions', batch.get('label')) if gcfg.cond_dim else None)  # actions win over a label
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Batches that --resume can replay exactly
 
@@ -806,6 +817,53 @@ def encode_dataset(vqvae, dataset, path, batch_size=32, n_frames=0):
     stamp = dict(fingerprint=torch.tensor(fingerprint, dtype=torch.float64), n_frames=n_frames)
     atomic_write(path, lambda tmp: torch.save(dict(stamp, **out), tmp))
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Checkpoint files: videogpt.py builds the models; these write, check, shrink and find the files (its public names too)
+
+
+def save_checkpoint(path, **state):
+    """Write atomically: a crash mid-write leaves the previous checkpoint whole (temp file, then rename)."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path, kind=None):
+    """A checkpoint dict of this project's, of `kind` ('vqvae' or 'gpt') if given; anything else is a clear error."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: train one first, or check --out-dir / --vqvae")
+    try:  # weights_only: a checkpoint holds tensors, numbers, strings and dicts; loading never runs arbitrary code
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # a text file, a truncated file, a pickle with code in it: torch raises many types
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}): pass a train-* ckpt.pt") from e
+    if not isinstance(ckpt, dict) or ckpt.get('kind') not in ('vqvae', 'gpt') or 'config' not in ckpt:
+        raise ValueError(f"{path} is not a VideoGPT checkpoint: pass a ckpt.pt written by train-vqvae or train-gpt")
+    if kind and ckpt['kind'] != kind:
+        raise ValueError(f"{path} holds a {ckpt['kind']!r} model where a {kind!r} one is needed: use train-{kind}'s")
+    return ckpt
+
+
+def export_weights(ckpt_path, out_path, vqvae_rel=None):
+    """A checkpoint's model in fp16, no optimizer (1/3 the size); vqvae_rel: a prior's VQ-VAE path from out_path."""
+    ckpt = load_checkpoint(ckpt_path)
+    out = dict(kind=ckpt['kind'], config=ckpt['config'], train_config=ckpt.get('train_config', {}),
+               model={k: v.half() if v.is_floating_point() else v for k, v in ckpt['model'].items()})
+    if ckpt['kind'] == 'gpt':
+        out.update(vqvae=ckpt['vqvae'], vqvae_rel=vqvae_rel or ckpt.get('vqvae_rel', ''))
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    save_checkpoint(out_path, **out)
+
+
+def find_vqvae(gpt_path, vqvae_path=''):
+    """vqvae_path, or the prior's VQ-VAE checkpoint: relative to its folder first (a moved run), then absolute."""
+    if vqvae_path:
+        return vqvae_path
+    ckpt = load_checkpoint(gpt_path, 'gpt')
+    rel = os.path.join(os.path.dirname(gpt_path), ckpt.get('vqvae_rel', ''))
+    for path in (rel, ckpt['vqvae']):
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"the prior's VQ-VAE is neither at {rel} nor at {ckpt['vqvae']}: pass --vqvae PATH")
 
 
 # ------------------------------------------------------------------------------------------------------------------

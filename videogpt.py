@@ -27,7 +27,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from einops import rearrange, repeat
 
-import data  # datasets, the codes file and pictures: only the training loop and the command line use it
+import data  # datasets, checkpoint and other files, pictures: the model classes never use it
+from data import export_weights, find_vqvae, gpt_inputs, load_checkpoint, save_checkpoint  # videogpt's names too
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -989,26 +990,6 @@ def lr_at(step, tcfg):
     return tcfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def save_checkpoint(path, **state):
-    """Write atomically: a crash mid-write leaves the previous checkpoint whole (temp file, then rename)."""
-    data.atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(path, kind=None):
-    """A checkpoint dict of this project's, of `kind` ('vqvae' or 'gpt') if given; anything else is a clear error."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}: train one first, or check --out-dir / --vqvae")
-    try:  # weights_only: a checkpoint holds tensors, numbers, strings and dicts; loading never runs arbitrary code
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # a text file, a truncated file, a pickle with code in it: torch raises many types
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}): pass a train-* ckpt.pt") from e
-    if not isinstance(ckpt, dict) or ckpt.get('kind') not in ('vqvae', 'gpt') or 'config' not in ckpt:
-        raise ValueError(f"{path} is not a VideoGPT checkpoint: pass a ckpt.pt written by train-vqvae or train-gpt")
-    if kind and ckpt['kind'] != kind:
-        raise ValueError(f"{path} holds a {ckpt['kind']!r} model where a {kind!r} one is needed: use train-{kind}'s")
-    return ckpt
-
-
 def load_model(path, kind=None):
     """A VQVAE or VideoGPT from its checkpoint (of `kind`, if given), in eval mode."""
     ckpt = load_checkpoint(path, kind)
@@ -1016,17 +997,6 @@ def load_model(path, kind=None):
     model = cls(cfg_cls(**ckpt['config']))
     model.load_state_dict(ckpt['model'])
     return model.eval()
-
-
-def export_weights(ckpt_path, out_path, vqvae_rel=None):
-    """A checkpoint's model in fp16, no optimizer (1/3 the size); vqvae_rel: a prior's VQ-VAE path from out_path."""
-    ckpt = load_checkpoint(ckpt_path)
-    out = dict(kind=ckpt['kind'], config=ckpt['config'], train_config=ckpt.get('train_config', {}),
-               model={k: v.half() if v.is_floating_point() else v for k, v in ckpt['model'].items()})
-    if ckpt['kind'] == 'gpt':
-        out.update(vqvae=ckpt['vqvae'], vqvae_rel=vqvae_rel or ckpt.get('vqvae_rel', ''))
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    save_checkpoint(out_path, **out)
 
 
 PRETRAINED = {  # name: {file in weights/NAME/: sha256}, made by the README's Results commands (VQ-VAE first)
@@ -1161,15 +1131,6 @@ def train_vqvae(vcfg, tcfg, dataset=None):
     return train(VQVAE(vcfg), 'vqvae', vqvae_step, dataset, tcfg, vcfg, on_sample)
 
 
-def gpt_inputs(gcfg, batch):
-    """The prior's conditioning from a batch: the first frames of the clip and / or its actions or label."""
-    frames = batch['video'][:, :, :gcfg.n_cond_frames] if gcfg.n_cond_frames else None
-    if gcfg.cond_dim and not {'actions', 'label'} & set(batch):
-        raise ValueError(f"the prior is vector-conditioned (cond_dim={gcfg.cond_dim}) but the items hold no 'actions' "
-                         "or 'label': use BAIR, class folders, Moving MNIST with --n-digits 1, or --cond-dim 0")
-    return frames, (batch.get('actions', batch.get('label')) if gcfg.cond_dim else None)  # actions win over a label
-
-
 def train_gpt(gcfg, tcfg, dataset=None):
     """Stage 2: train the prior on the codes of a frozen VQ-VAE (tcfg.vqvae); writes ckpt.pt and samples.gif."""
     device = setup_device()[0]
@@ -1206,18 +1167,6 @@ def train_gpt(gcfg, tcfg, dataset=None):
 
 # ------------------------------------------------------------------------------------------------------------------
 # Sampling to files, and the command line
-
-def find_vqvae(gpt_path, vqvae_path=''):
-    """vqvae_path, or the prior's VQ-VAE checkpoint: relative to its folder first (a moved run), then absolute."""
-    if vqvae_path:
-        return vqvae_path
-    ckpt = load_checkpoint(gpt_path, 'gpt')
-    rel = os.path.join(os.path.dirname(gpt_path), ckpt.get('vqvae_rel', ''))
-    for path in (rel, ckpt['vqvae']):
-        if os.path.isfile(path):
-            return path
-    raise FileNotFoundError(f"the prior's VQ-VAE is neither at {rel} nor at {ckpt['vqvae']}: pass --vqvae PATH")
-
 
 @torch.no_grad()
 def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed=0, nrow=None, vqvae_path='',
