@@ -615,6 +615,12 @@ def decode_video(path, resolution):
     return np.concatenate(chunks)
 
 
+def read_video(path, resolution, channels=3):
+    """A video file as float32 (channels, T, R, R) in [-0.5, 0.5]: decode_video's frames, grey if channels is 1."""
+    video = to_video(decode_video(path, resolution))  # (3, T, R, R)
+    return video.mean(0, keepdim=True) if channels == 1 else video
+
+
 class VideoFolder(Dataset):
     """{'video': (3, n_frames, R, R) in [-0.5, 0.5], 'label': int64 ()}: clips of the videos under root.
 

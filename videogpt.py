@@ -1234,23 +1234,24 @@ def _add_dataclass_args(parser, cls, skip=()):
 
 def _fill(cfg, args):
     """A copy of the dataclass cfg with the flags that were given."""
-    given = {f.name: getattr(args, f.name) for f in fields(cfg) if getattr(args, f.name, None) is not None}
-    return type(cfg)(**dict(asdict(cfg), **given))
+    return replace(cfg, **{f.name: vars(args)[f.name] for f in fields(cfg) if vars(args).get(f.name) is not None})
 
 
 def _sample_inputs(args):
-    """(videos (n, C, T, H, W), frames, cond) for `sample` from --from / --frames-from, --actions and --labels."""
+    """(videos (n, C, T, H, W), frames, cond, n_latent_frames): --from/--frames-from, --actions/--labels, --frames."""
     ckpt = load_checkpoint(args.gpt)
-    gcfg, vcfg = GPTConfig(**ckpt['config']), VQVAEConfig(**load_checkpoint(args.vqvae)['config'])
+    gcfg, vcfg = GPTConfig(**ckpt['config']), VQVAEConfig(**load_checkpoint(args.vqvae, 'vqvae')['config'])
+    T, d = vcfg.sequence_length, vcfg.downsample[0]
+    if args.frames and (args.frames % d or args.frames < T or args.task):
+        sys.exit(f"--frames {args.frames}: give a multiple of {d} (time downsampling), >= {T}, and no --task")
     source, batch = args.from_ or args.frames_from, {}
     if gcfg.n_cond_frames and not source:
         sys.exit("this prior is frame-conditioned: pass --frames-from val|train|VIDEO_FILE")
     if source and os.path.isfile(source):
-        clip = data.to_video(data.decode_video(source, vcfg.resolution))  # (3, T', H, W)
-        clip = clip.mean(0, keepdim=True) if vcfg.in_channels == 1 else clip
-        if args.from_ and clip.shape[1] < vcfg.sequence_length:
-            sys.exit(f"{source} has {clip.shape[1]} frames; the VQ-VAE encodes {vcfg.sequence_length}")
-        batch['video'] = clip[None, :, :vcfg.sequence_length].expand(args.n, -1, -1, -1, -1)
+        clip = data.read_video(source, vcfg.resolution, vcfg.in_channels)  # (C, T', H, W)
+        if args.from_ and clip.shape[1] < T:
+            sys.exit(f"{source} has {clip.shape[1]} frames; the VQ-VAE encodes {T}")
+        batch['video'] = clip[None, :, :T].expand(args.n, -1, -1, -1, -1)
     elif source:  # the prior's training data unless overridden
         ds = _held_out(args, ckpt, vcfg.sequence_length, vcfg.resolution, train=source == 'train')
         batch = torch.utils.data.default_collate([ds[i] for i in range(args.n)])
@@ -1261,7 +1262,7 @@ def _sample_inputs(args):
         batch['label'] = torch.tensor(args.labels).repeat(args.n)[:args.n]
     if gcfg.cond_dim and not {'actions', 'label'} & set(batch):
         sys.exit("this prior is vector-conditioned: pass --actions FILE.npy, or --labels for class labels")
-    return (batch.get('video'), *gpt_inputs(gcfg, batch))
+    return (batch.get('video'), *gpt_inputs(gcfg, batch), args.frames // d if args.frames else None)
 
 
 def _held_out(args, ckpt, n_frames, resolution, train=False):
@@ -1358,9 +1359,8 @@ def main(argv=None):
     for flag, kind, default, what in (
             ('--vqvae', str, '', "its VQ-VAE's ckpt.pt (default: the one it was trained on)"), ('--n', int, 8, ""),
             ('--n-given', int, 1, "latent frames given by --task fp"), ('--out', str, 'samples.gif', ".gif or .mp4"),
-            ('--steps', int, None, "forward passes of masked decoding (default 12)"), ('--seed', int, 0, ""),
+            ('--steps', int, None, "forward passes of masked decoding (default 12)"), ('--top-p', float, None, ""),
             ('--frames', int, None, "pixel frames per video, more than the VQ-VAE's window: slides"),
-            ('--temperature', float, 1.0, ""), ('--top-k', int, None, ""), ('--top-p', float, None, ""),
             ('--guidance', float, 1.0, "classifier-free guidance scale (1: none); the prior needs --cond-dropout"),
             ('--frames-from', str, None, "conditioning frames: 'val' / 'train' (a dataset split) or a video file"),
             ('--actions', str, None, "a .npy of actions (n, T, 4) or (T, 4), for action-conditioned priors")):
@@ -1369,15 +1369,16 @@ def main(argv=None):
     e.add_argument('--vqvae', required=True, help="a VQ-VAE's ckpt.pt")
     e.add_argument('--gpt', default='', help="a prior's ckpt.pt: adds bits per token and frame prediction")
     for flag, kind, default, what in (
-            ('--n', int, 256, "held-out videos"), ('--batch-size', int, 16, ""),
-            ('--context', int, 10, "real frames given for prediction"), ('--future', int, 10, "frames predicted "
-             "(0: none)"), ('--temperature', float, 1.0, ""), ('--top-k', int, None, ""), ('--steps', int, 12,
-             "masked priors' passes"), ('--seed', int, 0, ""), ('--json', str, 'eval.json', "the scores; the "
-             "predictions go to the same name .gif"), ('--test-seq', str, '', "mnist_test_seq.npy: predict its "
-             "videos"), ('--i3d', str, '', "a TorchScript I3D file: adds FVD (see fvd)")):
+            ('--n', int, 256, "held-out videos"), ('--future', int, 10, "frames predicted (0: none)"),
+            ('--context', int, 10, "real frames given for prediction"), ('--steps', int, 12, "masked priors' passes"),
+            ('--batch-size', int, 16, ""), ('--test-seq', str, '', "mnist_test_seq.npy: predict its videos"),
+            ('--json', str, 'eval.json', "the scores; the predictions go to the same name .gif"),
+            ('--i3d', str, '', "a TorchScript I3D file: adds FVD (see fvd)")):
         e.add_argument(flag, type=kind, default=default, help=what or None)
-    for parser, flag in ((x, f) for x in (s, e) for f in ('--dataset', '--data-dir', '--mnist-dir')):
-        parser.add_argument(flag, default='')  # default: the dataset the checkpoint was trained on
+    for parser, flag, kind, default in ((x, *f) for x in (s, e) for f in (  # dataset: the checkpoint's by default
+            ('--temperature', float, 1.0), ('--top-k', int, None), ('--seed', int, 0),
+            ('--dataset', str, ''), ('--data-dir', str, ''), ('--mnist-dir', str, ''))):
+        parser.add_argument(flag, type=kind, default=default)
     d = sub.add_parser('demo', help="train both stages on Moving MNIST on a CPU (<10 min), write samples.gif")
     for name, default in dict(out_dir='runs/demo', mnist_dir='', vqvae_steps=400, gpt_steps=1300).items():
         d.add_argument('--' + name.replace('_', '-'), type=type(default), default=default)
@@ -1401,15 +1402,9 @@ def main(argv=None):
         if bool(args.task) != bool(args.from_):
             p.error("--task and --from go together: --task fp --from clip.mp4 (or --from val)")
         args.vqvae = find_vqvae(args.gpt, args.vqvae)
+        videos, frames, cond, n_latent = _sample_inputs(args)
         sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance=args.guidance,
-                        steps=args.steps)  # steps: masked priors only; a causal prior refuses it
-        if args.frames:
-            vcfg = VQVAEConfig(**load_checkpoint(args.vqvae, 'vqvae')['config'])
-            T, d = vcfg.sequence_length, vcfg.downsample[0]
-            if args.frames % d or args.frames < T or args.task:
-                p.error(f"--frames {args.frames}: give a multiple of {d} (time downsampling), >= {T}, and no --task")
-            sampling['n_latent_frames'] = args.frames // d
-        videos, frames, cond = _sample_inputs(args)
+                        steps=args.steps, n_latent_frames=n_latent)  # steps: masked priors only; causal ones refuse it
         if not args.task:
             sample_videos(args.gpt, args.n, args.out, frames, cond, args.seed, vqvae_path=args.vqvae, **sampling)
         else:  # the real videos on the first row, their completions below, the given regions outlined
