@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from einops import rearrange, repeat
+from tqdm import tqdm
 
 import data  # datasets, checkpoint and other files, pictures: the model classes never use it
 from data import export_weights, find_vqvae, gpt_inputs, load_checkpoint, save_checkpoint  # videogpt's names too
@@ -289,8 +290,7 @@ class VQVAEConfig:
 
 
 def bounded_mse(x_hat, x):
-    """MSE where overshooting a target that sits on a bound of [-0.5, 0.5] costs nothing: outputs are clamped when
-    used, and an exact -0.5 is hard to hit, so black backgrounds kept a faint noise that SSIM punishes (RESULTS.md)."""
+    """MSE where overshooting a target on a bound of [-0.5, 0.5] is free: black stays black (RESULTS.md)."""
     err = x_hat.float() - x.float()
     return err.masked_fill(((x <= -0.5) & (err < 0)) | ((x >= 0.5) & (err > 0)), 0.0).pow(2).mean()
 
@@ -735,9 +735,8 @@ class VideoGPT(nn.Module):
         if t < 2 or n_latent_frames < t:
             raise ValueError(f"n_latent_frames={n_latent_frames}: sliding needs a prior of at least 2 latent frames "
                              f"(this one has {t}) and at least {t} frames")
-        codes = self.sample(n, frames, cond, **sampling)
+        codes = self.sample(n, frames, cond, **sampling)  # given tokens, if any, apply to this first window only
         out, context = [codes], task_mask('fp', shape, n_given=t - 1)
-        sampling.update(given=None, given_mask=None)  # given tokens apply to the first window only
         for _ in range(n_latent_frames - t):  # one latent frame per slide, the last t - 1 re-encoded: positions shift
             codes = self.sample(n, frames, cond, **dict(sampling, given=codes.roll(-1, dims=1), given_mask=context))
             out.append(codes[:, -1:])  # roll: the last t - 1 frames move to the front; the wrapped one is replaced
@@ -834,16 +833,13 @@ def frechet_distance(feats_a, feats_b):
 @torch.no_grad()
 def fvd(videos_a, videos_b, i3d, batch_size=16):
     """Frechet video distance of (N, C, T, H, W) in [-0.5, 0.5]; i3d: (B, 3, T, 224, 224) in [-1, 1] -> (B, 400)."""
-    device = next(iter(i3d.parameters()), torch.empty(0)).device
-
-    def features(videos):  # FVD: Unterthiner et al. 2018
-        out = []
+    device, features = next(iter(i3d.parameters()), torch.empty(0)).device, ([], [])
+    for videos, out in zip((videos_a, videos_b), features):  # FVD: Unterthiner et al. 2018
         for v in videos.split(batch_size):
             x = F.interpolate(rearrange(v.float(), 'B C T H W -> (B T) C H W'), size=(224, 224), mode='bilinear')
             x = rearrange(x, '(B T) C H W -> B C T H W', B=len(v)).expand(-1, 3, -1, -1, -1) * 2  # [-1, 1], RGB
             out.append(i3d(x.to(device)).float().cpu())
-        return torch.cat(out)
-    return frechet_distance(features(videos_a), features(videos_b))
+    return frechet_distance(*(torch.cat(out) for out in features))
 
 
 def codebook_stats(counts):
@@ -863,9 +859,8 @@ def prediction_scores(pred, real):
 @torch.no_grad()
 def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
     """Held-out scores of videos (N, C, T, H, W) in [-0.5, 0.5]: reconstruction, codebook_stats, bits per token."""
-    models = [m for m in (vqvae, gpt) if m is not None]
-    modes = [m.training for m in models]  # eval mode (the codebook stays still), then restored
-    for m in models:
+    modes = {m: m.training for m in (vqvae, gpt) if m is not None}  # eval mode (the codebook stays still), restored
+    for m in modes:
         m.eval()
     device = next(vqvae.parameters()).device
     sq = nats = ssim_sum = 0.0
@@ -881,10 +876,9 @@ def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
         if gpt is not None:
             frames = x[:, :, :gpt.config.n_cond_frames] if gpt.config.n_cond_frames else None
             nats += gpt(out['codes'], frames, None if c is None else c.to(device))[1].item() * len(x)
-    for m, mode in zip(models, modes):
+    for m, mode in modes.items():
         m.train(mode)
-    mse = sq / video.numel()
-    perplexity, usage = codebook_stats(counts)
+    mse, (perplexity, usage) = sq / video.numel(), codebook_stats(counts)
     scores = dict(psnr=10 * math.log10(1 / mse), ssim=ssim_sum / len(video), nmse=mse / video.float().var().item(),
                   perplexity=perplexity, usage=usage)
     if gpt is not None:
@@ -906,8 +900,7 @@ PRESETS = {  # name: (VQVAEConfig overrides, GPTConfig overrides)
     'ucf101': (  # 16x128x128 RGB -> 4x32x32, class-conditional (101 classes)
         dict(in_channels=3, resolution=128, downsample=(4, 4, 4), n_res_layers=4, embedding_dim=256, n_codes=1024),
         dict(n_embd=1024, n_head=8, n_layer=20, dropout=0.2, cond_dim=101)),
-    # Two digits, 8 frames -> 8x16x16 codes, both stages < 2 h on 2 CPU cores; codes spanning 2 frames lost the
-    # strokes, and 16 frames at (1, 4, 4) would be 4,096 tokens (RESULTS.md, Moving MNIST on a 2-core CPU).
+    # Two digits -> 8x16x16 codes, both stages < 2 h on 2 CPU cores; 1x time: 2-frame codes lost strokes (RESULTS.md).
     'mnist-cpu': (dict(sequence_length=8, downsample=(1, 4, 4), n_hiddens=64, n_codes=512),
                   dict(n_embd=192, n_head=4, n_layer=4, dropout=0.0)),
     # Minutes on 2 CPU cores: one digit, 8 frames -> 8x8x8 codes, class-conditional (1x time, 64 codes: RESULTS.md).
@@ -1030,13 +1023,6 @@ def rng_states(device, world):
     return [r.cpu() for r in rngs]
 
 
-def set_rng_state(states, rank, device):
-    state, n_cpu = states[rank % len(states)], len(torch.get_rng_state())
-    torch.set_rng_state(state[:n_cpu])
-    if device.type == 'cuda' and len(state) > n_cpu:
-        torch.cuda.set_rng_state(state[n_cpu:], device)
-
-
 def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg):
     """(step, log) to start from: a fresh run, or the checkpoint's state loaded into model, opt and scaler."""
     if os.path.exists(ckpt_path) and not (tcfg.resume or tcfg.overwrite):  # never replace a run without being asked
@@ -1050,14 +1036,16 @@ def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg):
         raise ValueError(f"{ckpt_path} was trained with {changed}: resume with those settings, or --overwrite true")
     for obj, key in ((model, 'model'), (opt, 'optimizer'), (scaler, 'scaler')):
         obj.load_state_dict(ckpt[key])
-    set_rng_state(ckpt['rng'], dist.get_rank() if _is_dist() else 0, next(model.parameters()).device)
+    rng, n_cpu = ckpt['rng'][dist.get_rank() % len(ckpt['rng']) if _is_dist() else 0], len(torch.get_rng_state())
+    torch.set_rng_state(rng[:n_cpu])  # then CUDA's, where rng_states saved it
+    if len(rng) > n_cpu and next(model.parameters()).is_cuda:
+        torch.cuda.set_rng_state(rng[n_cpu:], next(model.parameters()).device)
     print(f"resumed {ckpt_path} at step {ckpt['step']}")
     return ckpt['step'], ckpt['log']
 
 
 def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=None, on_log=None):
     """Train and return model: step_fn(model, batch) -> (loss, metrics); hooks on_sample(model, step), on_log(log)."""
-    from tqdm import tqdm
     device, rank, world, dtype, use_scaler = setup_device()
     files = rank == 0 and bool(tcfg.out_dir)  # only rank 0 writes, and out_dir '' writes nothing
     ckpt_path = os.path.join(tcfg.out_dir, 'ckpt.pt')
@@ -1122,10 +1110,9 @@ def train_vqvae(vcfg, tcfg, dataset=None):
     dataset = dataset or data.make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)
     fixed = torch.stack([dataset[i]['video'] for i in range(min(4, len(dataset)))])  # the same ones each time
 
-    def on_sample(model, step):
-        model.eval()
-        with torch.no_grad():
-            x_hat = model(fixed.to(model.pos.tables[0].device))['x_hat'].clamp(-0.5, 0.5).cpu()
+    @torch.no_grad()
+    def on_sample(model, step):  # in eval mode: the codebook must not learn from these videos
+        x_hat = model.eval()(fixed.to(model.pos.tables[0].device))['x_hat'].clamp(-0.5, 0.5).cpu()
         data.save_video_grid(torch.cat([fixed, x_hat]), os.path.join(tcfg.out_dir, 'recon.png'))
     torch.manual_seed(tcfg.seed)  # the same initial weights on every rank and every rerun
     return train(VQVAE(vcfg), 'vqvae', vqvae_step, dataset, tcfg, vcfg, on_sample)
@@ -1135,9 +1122,8 @@ def train_gpt(gcfg, tcfg, dataset=None):
     """Stage 2: train the prior on the codes of a frozen VQ-VAE (tcfg.vqvae); writes ckpt.pt and samples.gif."""
     device = setup_device()[0]
     vqvae = load_model(tcfg.vqvae, 'vqvae').requires_grad_(False).to(device)  # frozen: eval (EMA off), no gradients
-    vcfg = vqvae.config
-    fitted, keys = fit_prior(gcfg, vcfg), ('n_codes', 'latent_shape') + ('frame_channels', 'frame_size') * bool(
-        gcfg.n_cond_frames)  # the frames come from the VQ-VAE's videos
+    vcfg, keys = vqvae.config, ('n_codes', 'latent_shape') + ('frame_channels', 'frame_size') * bool(gcfg.n_cond_frames)
+    fitted = fit_prior(gcfg, vcfg)  # the frames, if any, come from the VQ-VAE's videos
     if any(getattr(gcfg, k) != getattr(fitted, k) for k in keys):
         raise ValueError(f"the prior expects {', '.join(f'{k}={getattr(gcfg, k)}' for k in keys)} but the VQ-VAE "
                          f"makes {', '.join(f'{k}={getattr(fitted, k)}' for k in keys)}: use fit_prior(gcfg, vcfg)")
@@ -1187,7 +1173,6 @@ def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed
 @torch.no_grad()
 def complete_video(vqvae, gpt, video, task, n_given=1, frames=None, cond=None, generator=None, **sampling):
     """Video (B, C, T, H, W) -> (completed video (B, C, T, H, W), given pixels (T, H, W) bool): `task` gives tokens."""
-    vqvae.eval()  # never move the codebook while encoding
     given_mask = task_mask(task, vqvae.config.latent_shape, n_given).to(video.device)
     codes = gpt.sample(len(video), frames, cond, generator=generator, given=vqvae.encode(video),
                        given_mask=given_mask, **sampling)
@@ -1204,7 +1189,6 @@ def predict_frames(vqvae, gpt, context, n_future, cond=None, generator=None, **s
     if T0 < 1 or n_future < 1 or T0 - s < gc.n_cond_frames:
         raise ValueError(f"{T0} context frames and n_future={n_future}: give at least 1 of each, and at least "
                          f"n_cond_frames={gc.n_cond_frames} frames for this frame-conditioned prior")
-    vqvae.eval()  # never move the codebook while encoding
     clip, n_given = context[:, :, s:], (T0 - s) // d  # only latent frames of context alone: the encoder mixes frames
     padded = torch.cat([clip, clip[:, :, -1:].expand(-1, -1, T - clip.shape[2], -1, -1)], dim=2)  # last frame copies
     given = dict(given=vqvae.encode(padded), given_mask=task_mask('fp', vc.latent_shape, n_given)) if n_given else {}
@@ -1274,7 +1258,6 @@ def _held_out(args, ckpt, n_frames, resolution, train=False):
 @torch.no_grad()
 def eval_command(args):
     """`eval`: evaluate(), --context -> --future frame prediction with a prior, FVD with --i3d; a table and a JSON."""
-    from tqdm import tqdm
     device, t0 = setup_device()[0], time.time()
     vqvae = load_model(args.vqvae, 'vqvae').to(device)
     gpt = load_model(args.gpt, 'gpt').to(device) if args.gpt else None
