@@ -232,7 +232,7 @@ class EMACodebook(nn.Module):
         smoothed = (self.cluster_size + self.eps) / (n + self.n_codes * self.eps) * n
         self.embeddings.copy_(self.embed_sum / smoothed[:, None])
         # Restart codes used by < ~1 vector a batch lately at encoder outputs drawn in proportion to their squared
-        # error (k-means++ seeding): uniform draws landed on the 86% of black patches, 433 codes spent there (RESULTS.md).
+        # error (k-means++ seeding): uniform draws put most codes on the black background (RESULTS.md).
         dead = self.cluster_size < self.dead_threshold
         if dead.any():  # identical on every rank: the counts were all-reduced
             fresh = self._random_rows(z, int(dead.sum()), err)
