@@ -209,7 +209,7 @@ class EMACodebook(nn.Module):
     def _random_rows(self, z, n, weights=None):
         """n rows of z drawn with replacement, uniformly or with probability proportional to weights."""
         rows = z[torch.randint(0, z.shape[0], (n,), device=z.device) if weights is None else
-                 torch.multinomial(weights + 1e-12, n, replacement=True)]
+                 torch.multinomial(weights + 1e-12, n, replacement=True)]  # + 1e-12: all-zero errors may happen
         if _is_dist():  # rank 0's rows for every rank: all restart the same codes, the buffers stay equal
             dist.broadcast(rows, 0)
         return rows

@@ -12,11 +12,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+from bench import prior_cfg  # noqa: E402  (the sampling workload's prior, as bench.py builds it)
 import videogpt as vg  # noqa: E402
 
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
 torch.manual_seed(0)
-model = vg.VideoGPT(vg.GPTConfig(n_codes=512, latent_shape=(4, 8, 8), n_layer=4, n_head=4, n_embd=192)).eval()
+model = vg.VideoGPT(prior_cfg((4, 8, 8))).eval()  # 256 tokens
 model.sample(4)  # warm-up
 t0 = time.perf_counter()
 model.sample(4)
