@@ -994,8 +994,8 @@ def load_model(path, kind=None):
 
 
 PRETRAINED = {  # name: {file in weights/NAME/: sha256}, made by the README's Results commands (VQ-VAE first)
-    'moving-mnist': {'vqvae.pt': 'ab1b5bbc220cd48b6ad1738d68fe00874eb8fb673edb5d3d976e3acfb6cace02',
-                     'gpt.pt': '3054f828b59c798117698fb3f8484e2175ecfb2a7e453b104be6676842eb723f'}}
+    'moving-mnist': {'vqvae.pt': '784702d450ed549343639669ddb0a5e3cf801e4c6cb5bb4d902f86b5b2ef6c36',
+                     'gpt.pt': 'f4df6cca0f205333849c9841a9d8209f8a49f6a50b3c9720fb8a208ac2a30211'}}
 
 
 def load_pretrained(name='moving-mnist', device='cpu'):
