@@ -905,7 +905,7 @@ PRESETS = {  # name: (VQVAEConfig overrides, GPTConfig overrides)
     'mnist-cpu': (dict(sequence_length=8, downsample=(1, 4, 4), n_hiddens=64, n_codes=512),
                   dict(n_embd=192, n_head=4, n_layer=4, dropout=0.0)),
     # Minutes on 2 CPU cores: one digit, 8 frames -> 8x8x8 codes, class-conditional (1x time, 64 codes: RESULTS.md).
-    # Width 32 and 2 heads of 64: the same digit score as width 64 and 4 heads of 32, in 3/4 of the time (RESULTS.md).
+    # Width 32 and 2 heads of 64: the same digit score as width 64 and 4 heads of 32, in ~4/5 of the time (RESULTS.md).
     'demo': (dict(sequence_length=8, downsample=(1, 8, 8), n_hiddens=32, n_res_layers=1, n_codes=64),
              dict(n_embd=128, n_head=2, n_layer=4, dropout=0.0, cond_dim=10, cond_dropout=0.1)),
 }
