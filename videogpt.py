@@ -1364,7 +1364,7 @@ def main(argv=None):
             ('--temperature', float, 1.0), ('--top-k', int, None), ('--seed', int, 0),
             ('--dataset', str, ''), ('--data-dir', str, ''), ('--mnist-dir', str, ''))):
         parser.add_argument(flag, type=kind, default=default)
-    d = sub.add_parser('demo', help="both stages on Moving MNIST on a CPU (~10 min on 2 cores), then samples.gif")
+    d = sub.add_parser('demo', help="both stages on Moving MNIST on a CPU (10-12 min on 2 cores), then samples.gif")
     for name, default in dict(out_dir='runs/demo', mnist_dir='', vqvae_steps=400, gpt_steps=1800).items():
         d.add_argument('--' + name.replace('_', '-'), type=type(default), default=default)
     args = p.parse_args(argv)
