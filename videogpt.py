@@ -904,8 +904,9 @@ PRESETS = {  # name: (VQVAEConfig overrides, GPTConfig overrides)
     # Two digits -> 8x16x16 codes, both stages < 2 h on 2 CPU cores; 1x time: 2-frame codes lost strokes (RESULTS.md).
     'mnist-cpu': (dict(sequence_length=8, downsample=(1, 4, 4), n_hiddens=64, n_codes=512),
                   dict(n_embd=192, n_head=4, n_layer=4, dropout=0.0)),
-    # Minutes on 2 CPU cores: one digit, 8 frames -> 4x8x8 codes, class-conditional. A code spans 2 frames: half the
-    # tokens of 8x8x8, so 1,800 prior steps cost ~3/4 of 1,300 at 8x8x8, for the same digit score (RESULTS.md).
+    # Minutes on 2 CPU cores: one digit, 8 frames -> 4x8x8 codes, class-conditional. A code spans 2 frames, which takes
+    # width 64 and 128 codes (width 32 / 64 codes lost the digits); half the tokens of 8x8x8 make 1,800 prior steps
+    # cost ~3/4 of 1,300 there, for the same digit score (RESULTS.md).
     'demo': (dict(sequence_length=8, downsample=(2, 8, 8), n_hiddens=64, n_res_layers=1, n_codes=128),
              dict(n_embd=128, n_head=2, n_layer=4, dropout=0.0, cond_dim=10, cond_dropout=0.1)),
 }
