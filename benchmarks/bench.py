@@ -21,6 +21,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import videogpt as vg  # noqa: E402
@@ -146,10 +147,25 @@ def run_one(name, device, steps, original_dir=None, dropout=0.0):
                     logits, _ = model(codes.view(4, 4, 8, 8))
                     codes[:, i] = logits.view(4, 256, -1)[:, i].argmax(-1)
             res['uncached_tokens_per_s'] = 4 * 256 / time_steps(uncached, device, 1, warmup=0)
+            res['products_tokens_per_s'] = 4 * 256 / time_steps(products_alone(model, 4), device, steps, warmup=1)
     if device.type == 'cuda':
         res['peak_gpu_gb'] = torch.cuda.max_memory_allocated() / 1e9
     res.setdefault('peak_rss_gb', peak_rss_gb())
     return res
+
+
+def products_alone(model, batch):
+    """256 steps of only the matrix products a KV-cached sampling step must do (qkv, proj, MLP per block, then the
+    head), over the model's own weights in order and nothing else: a ceiling on any fp32 decode step's speed."""
+    layers = [lin for b in model.blocks for lin in (b.attn.qkv, b.attn.proj, b.mlp[0], b.mlp[2])] + [model.head]
+    inputs = {lin: torch.randn(batch, lin.in_features, device=model.sos.device) for lin in layers}
+
+    @torch.no_grad()
+    def run():
+        for _ in range(model.config.block_size):
+            for lin in layers:
+                F.linear(inputs[lin], lin.weight, lin.bias)
+    return run
 
 
 def check_original(root):
@@ -280,6 +296,10 @@ def print_tables(rows):
     if 'reference_attention_step_s' in by.get('prior', {}):
         ratio = by['prior']['reference_attention_step_s'] / by['prior']['step_s']
         print(f"| reference attention / SDPA, prior step | {ratio:.2f}x | | | |")
+    if 'products_tokens_per_s' in by.get('sample', {}):
+        r, o = by['sample']['products_tokens_per_s'], by.get('orig-sample', {}).get('tokens_per_s')
+        print(f"| the step's matrix products alone (a ceiling) | {r:,.0f} tok/s | | "
+              + (f"{r / o:.2f}x | |" if o else "| |"))
     if 'uncached_tokens_per_s' in by.get('sample', {}):
         print(f"| KV cache / no cache | {by['sample']['tokens_per_s'] / by['sample']['uncached_tokens_per_s']:.1f}x "
               "| | | |")
