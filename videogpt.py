@@ -904,9 +904,9 @@ PRESETS = {  # name: (VQVAEConfig overrides, GPTConfig overrides)
     # Two digits -> 8x16x16 codes, both stages < 2 h on 2 CPU cores; 1x time: 2-frame codes lost strokes (RESULTS.md).
     'mnist-cpu': (dict(sequence_length=8, downsample=(1, 4, 4), n_hiddens=64, n_codes=512),
                   dict(n_embd=192, n_head=4, n_layer=4, dropout=0.0)),
-    # Minutes on 2 CPU cores: one digit, 8 frames -> 4x8x8 codes, class-conditional. A code spans 2 frames, which takes
-    # width 48 and 128 codes (width 32 / 64 codes lost the digits; width 64 cost 45% more for a score within noise);
-    # half the tokens of 8x8x8 make 1,800 prior steps cost ~3/4 of 1,300 there, for the same digit score (RESULTS.md).
+    # Minutes on 2 CPU cores: one digit, 8 frames -> 4x8x8 codes, class-conditional. A code spans 2 frames: width 32
+    # with 64 codes lost the digits, width 48 with 128 holds them (width 64: 45% more per step, slightly better digits);
+    # half the tokens of 8x8x8 buy 1,800 prior steps for ~3/4 of the cost of 1,300 there (RESULTS.md).
     'demo': (dict(sequence_length=8, downsample=(2, 8, 8), n_hiddens=48, n_res_layers=1, n_codes=128),
              dict(n_embd=128, n_head=2, n_layer=4, dropout=0.0, cond_dim=10, cond_dropout=0.1)),
 }
@@ -1368,7 +1368,7 @@ def main(argv=None):
             ('--temperature', float, 1.0), ('--top-k', int, None), ('--seed', int, 0),
             ('--dataset', str, ''), ('--data-dir', str, ''), ('--mnist-dir', str, ''))):
         parser.add_argument(flag, type=kind, default=default)
-    d = sub.add_parser('demo', help="both stages on Moving MNIST on a CPU (8-11 min on 2 cores), then samples.gif")
+    d = sub.add_parser('demo', help="both stages on Moving MNIST on a CPU (8-10 min on 2 cores), then samples.gif")
     for name, default in dict(out_dir='runs/demo', mnist_dir='', vqvae_steps=400, gpt_steps=1800).items():
         d.add_argument('--' + name.replace('_', '-'), type=type(default), default=default)
     args = p.parse_args(argv)

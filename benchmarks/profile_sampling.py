@@ -1,7 +1,8 @@
 """Where a sampling step's time goes: python benchmarks/profile_sampling.py [THREADS]
 
 The benchmark's sampling workload (256 tokens, width 192, 4 layers, 4 heads, batch 4): tokens/s, then torch.profiler's
-ATen calls by self time, then one of the step's products (4 x 192 @ 192 x 576) alone, weights hot in cache.
+ATen calls by self time, then one of the step's products (4 x 192 @ 192 x 576), one block's attention and its GELU,
+each alone, hot in cache.
 """
 import os
 import sys
@@ -29,9 +30,13 @@ events = prof.key_averages()
 print(events.table(sort_by='self_cpu_time_total', row_limit=12))
 print(f"ATen calls per step: {sum(e.count for e in events if e.key.startswith('aten::')) / 256:.0f}")
 x, w, b = torch.randn(4, 192), torch.randn(576, 192), torch.randn(576)
-for _ in range(50):
-    F.linear(x, w, b)
-t0 = time.perf_counter()
-for _ in range(2000):
-    F.linear(x, w, b)
-print(f"F.linear 4 x 192 @ 192 x 576 alone: {(time.perf_counter() - t0) / 2000 * 1e6:.1f} us")
+q, kv, h = torch.randn(4, 4, 1, 48), torch.randn(4, 4, 128, 48), torch.randn(4, 768)
+for what, fn in (("F.linear 4 x 192 @ 192 x 576", lambda: F.linear(x, w, b)),
+                 ("attention of 4 x 4 heads over a 128-long cache", lambda: F.scaled_dot_product_attention(q, kv, kv)),
+                 ("GELU on 4 x 768", lambda: F.gelu(h))):
+    for _ in range(50):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(2000):
+        fn()
+    print(f"{what} alone: {(time.perf_counter() - t0) / 2000 * 1e6:.1f} us")
