@@ -1009,8 +1009,7 @@ def load_pretrained(name='moving-mnist', device='cpu'):
 
 
 def make_optimizer(model, tcfg, device):
-    """AdamW with weight decay on matrices and embeddings only (not on norms or biases); fused: one kernel per step
-    (on a CPU 1-2 ms against 9-11 ms for the demo's prior, ~5% of its step: RESULTS.md)."""
+    """AdamW with weight decay on matrices and embeddings only (not norms, biases); fused: one kernel per step."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [dict(params=[p for p in params if p.ndim >= 2], weight_decay=tcfg.weight_decay),
               dict(params=[p for p in params if p.ndim < 2], weight_decay=0.0)]
