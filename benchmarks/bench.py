@@ -9,7 +9,8 @@ DIR is a checkout of the original code (github.com/wilson1yan/VideoGPT): the fol
 package. Ratios are only meaningful when both sides run on the same machine in the same run: the same workload runs
 2-2.6x slower on one 2-core machine than on another of the same kind. Each workload runs in its own process so that
 its peak RSS is its own. Timings are medians over repeated steps after warm-up; variants (fused vs reference
-attention, cached vs uncached sampling) run in the same process and are reported as ratios.
+attention, cached vs uncached sampling) run in the same process and are reported as ratios. Ceilings in the same
+process: a sampling step's matrix products alone, and the VQ-VAE's layers alone, with its peak tensor memory.
 """
 import argparse
 import json
@@ -109,7 +110,9 @@ def run_one(name, device, steps, original_dir=None, dropout=0.0):
     if kind == 'vqvae':
         model = vg.VQVAE(vqvae_cfg()).to(device)
         x = torch.rand(4, 3, 16, 64, 64, device=device) - 0.5
-        res['step_s'] = time_steps(train_step_fn(model, lambda m: m(x)['loss'], device, dtype), device, steps)
+        step = train_step_fn(model, lambda m: m(x)['loss'], device, dtype)
+        res['step_s'] = time_steps(step, device, steps)
+        res.update(peak_rss_gb=peak_rss_gb(), **vqvae_extras(model, x, step, device, steps))
     elif kind in ('prior', 'prior-bair'):
         if kind == 'prior':
             cfg = prior_cfg(GRIDS[tokens], dropout=dropout, attn_dropout=dropout)
@@ -168,6 +171,45 @@ def products_alone(model, batch):
     return run
 
 
+def layers_alone(model, x):
+    """Each convolution and linear layer of one forward pass of model(x), forward and backward, alone and once (no
+    recomputation), at its own input shape and memory format: the arithmetic of any train step of this
+    architecture, and a ceiling on its speed. The layer that reads the video computes no input gradient."""
+    calls = []
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, torch.randn_like(i[0]), torch.randn_like(o))))
+             for m in model.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d, torch.nn.Linear))]
+    with torch.no_grad():  # one call per layer (ours recomputes its residual branches only when grad is on)
+        model(x)
+    for h in hooks:
+        h.remove()
+
+    def run():
+        for k, (m, inp, grad_out) in enumerate(calls):
+            inp.requires_grad_(k > 0)
+            torch.autograd.grad(m(inp), [inp] * (k > 0) + list(m.parameters()), grad_out)
+    return run
+
+
+def peak_tensor_gb(fn):
+    """The most memory tensors held at once during fn(), from the profiler's allocation events: what the step
+    needs, without the allocator's retained free blocks that peak RSS also counts."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
+    for e in sorted(events, key=lambda e: e.start_ns()):  # + allocations, - frees
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak / 1e9
+
+
+def vqvae_extras(model, x, step, device, steps):
+    """On the CPU, the VQ-VAE step's peak tensor memory and its layers alone (in fp32: GPU steps run in bf16)."""
+    if device.type != 'cpu':
+        return {}
+    return dict(peak_tensor_gb=peak_tensor_gb(step), layers_alone_s=time_steps(layers_alone(model, x), device, steps))
+
+
 def check_original(root):
     if not os.path.isfile(os.path.join(root or '', 'videogpt', 'gpt.py')):
         sys.exit(f"--original {root}: no videogpt/gpt.py there: pass the folder that holds the original's videogpt/")
@@ -210,7 +252,9 @@ def run_original(kind, tokens, batch, steps, root, dropout=0.0):
         def loss(m):
             recon_loss, _, vq = m(x)
             return recon_loss + vq['commitment_loss']
-        res['step_s'] = time_steps(train_step_fn(model, loss, cpu, None), cpu, steps)
+        step = train_step_fn(model, loss, cpu, None)
+        res['step_s'] = time_steps(step, cpu, steps)
+        res.update(peak_rss_gb=peak_rss_gb(), **vqvae_extras(model, x, step, cpu, steps))
     else:  # the prior needs a VQ-VAE for its codebook only: a small one whose latent grid is the workload's
         t, h, w = GRIDS[tokens]
         vq = VQVAE(Args(embedding_dim=64, n_codes=512, n_hiddens=32, n_res_layers=1, downsample=(4, 4, 4),
@@ -230,7 +274,7 @@ def run_original(kind, tokens, batch, steps, root, dropout=0.0):
             vq.decode = lambda codes: codes.float()  # sampling alone: its sample() decodes to pixels at the end
             res['sample_s'] = time_steps(lambda: model.sample(batch), cpu, steps, warmup=1)
             res['tokens_per_s'] = batch * tokens / res['sample_s']
-    res['peak_rss_gb'] = peak_rss_gb()
+    res.setdefault('peak_rss_gb', peak_rss_gb())
     return res
 
 
@@ -293,6 +337,13 @@ def print_tables(rows):
         speed = r[key] / o[key] if key == 'tokens_per_s' else o[key] / r[key]
         print(f"| {what} | {show(r)} | {show(o)} | {speed:.2f}x | {r['peak_rss_gb']:.2f} / {o['peak_rss_gb']:.2f} GB"
               f" = {r['peak_rss_gb'] / o['peak_rss_gb']:.2f} |")
+    if 'layers_alone_s' in by.get('vqvae', {}):
+        r, o = by['vqvae'], by.get('orig-vqvae')
+        tensors = f"peak tensor memory {r['peak_tensor_gb']:.3f}" + (
+            f" / {o['peak_tensor_gb']:.3f} GB = {r['peak_tensor_gb'] / o['peak_tensor_gb']:.2f}" if o else " GB")
+        print(f"| VQ-VAE: its convolutions and linear layers alone (a ceiling) | {r['layers_alone_s']:.3f} s | "
+              + (f"{o['layers_alone_s']:.3f} s | {o['step_s'] / r['layers_alone_s']:.2f}x the original's step | "
+                 if o else "| | ") + tensors + " |")
     if 'reference_attention_step_s' in by.get('prior', {}):
         ratio = by['prior']['reference_attention_step_s'] / by['prior']['step_s']
         print(f"| reference attention / SDPA, prior step | {ratio:.2f}x | | | |")
