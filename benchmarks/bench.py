@@ -112,7 +112,7 @@ def run_one(name, device, steps, original_dir=None, dropout=0.0):
         x = torch.rand(4, 3, 16, 64, 64, device=device) - 0.5
         step = train_step_fn(model, lambda m: m(x)['loss'], device, dtype)
         res['step_s'] = time_steps(step, device, steps)
-        res.update(peak_rss_gb=peak_rss_gb(), **vqvae_extras(model, x, step, device, steps))
+        res.update(peak_rss_gb=peak_rss_gb(), **vqvae_extras(model, x, step, device, steps))  # RSS before the extras
     elif kind in ('prior', 'prior-bair'):
         if kind == 'prior':
             cfg = prior_cfg(GRIDS[tokens], dropout=dropout, attn_dropout=dropout)
@@ -158,8 +158,8 @@ def run_one(name, device, steps, original_dir=None, dropout=0.0):
 
 
 def products_alone(model, batch):
-    """256 steps of only the matrix products a KV-cached sampling step must do (qkv, proj, MLP per block, then the
-    head), over the model's own weights in order and nothing else: a ceiling on any fp32 decode step's speed."""
+    """block_size steps (256 here) of only the matrix products a KV-cached sampling step must do (qkv, proj, MLP per
+    block, then the head), over the model's own weights in order and nothing else: a ceiling on fp32 decode speed."""
     layers = [lin for b in model.blocks for lin in (b.attn.qkv, b.attn.proj, b.mlp[0], b.mlp[2])] + [model.head]
     inputs = {lin: torch.randn(batch, lin.in_features, device=model.sos.device) for lin in layers}
 
@@ -195,7 +195,7 @@ def peak_tensor_gb(fn):
     needs, without the allocator's retained free blocks that peak RSS also counts."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    live = peak = 0
+    live = peak = 0  # kineto_results is not public API (torch 2.13); key_averages() nets out frees within an op
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
     for e in sorted(events, key=lambda e: e.start_ns()):  # + allocations, - frees
         live += e.nbytes()
