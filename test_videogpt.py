@@ -913,7 +913,7 @@ def test_values_that_would_give_garbage_are_refused():
     _raises(ValueError, 'lr and grad_clip must be > 0', lambda: vg.TrainConfig(lr=0.0))
 
 
-def test_wrong_files_disks_and_folders_get_errors_that_name_the_fix(tmp_path, monkeypatch):
+def test_wrong_files_disks_and_folders_get_errors_that_name_the_fix(tmp_path, monkeypatch, capsys):
     (tmp_path / 'notes.txt').write_text('not a checkpoint')
     _raises(ValueError, 'not a readable checkpoint', lambda: vg.load_model(tmp_path / 'notes.txt'))
     torch.save({'weights': torch.zeros(1)}, tmp_path / 'other.pt')
@@ -930,6 +930,9 @@ def test_wrong_files_disks_and_folders_get_errors_that_name_the_fix(tmp_path, mo
     r = subprocess.run([sys.executable, os.path.join(HERE, 'videogpt.py'), 'train-vqvae', '--steps', '0'],
                        capture_output=True, text=True)
     assert r.returncode == 2 and 'steps=0: it must be at least 1 (--steps)' in r.stderr  # a usage error
+    with pytest.raises(SystemExit) as exit_:  # so is a model flag the config refuses
+        vg.main(['train-vqvae', '--downsample', '3', '4', '4', '--out-dir', str(tmp_path / 'never')])
+    assert exit_.value.code == 2 and 'must be powers of 2' in capsys.readouterr().err
     before = (tmp_path / 'vq' / 'ckpt.pt').read_bytes()
 
     def full_disk(obj, path):
@@ -1183,6 +1186,9 @@ def _ddp_worker(rank, world, port, out_dir):
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     import torch.distributed as dist
+    if rank == 0:  # a slow disk: rank 1 must still find this checkpoint when it resumes below
+        save = vg.save_checkpoint
+        vg.save_checkpoint = lambda *args, **kwargs: (time.sleep(1), save(*args, **kwargs))[1]
     tcfg = vg.TrainConfig(out_dir=out_dir, steps=1, batch_size=2, lr=1e-3, warmup=1, ckpt_every=100,
                           sample_every=100, log_every=100, num_workers=0, seed=5)
     # each rank sees different data (the sampler is seeded by rank), so only synchronisation can make them agree
@@ -1339,6 +1345,8 @@ def test_sample_command_completes_a_video_for_a_task_and_outlines_the_given_regi
         vg.main(list(map(str, ['sample', '--gpt', gpt_path, '--out', tmp_path / 'x.jpg'])))
     with pytest.raises(SystemExit):
         vg.main(list(map(str, ['sample', '--gpt', gpt_path, '--task', 'opc'])))  # --task without --from
+    with pytest.raises(SystemExit, match='no vector conditioning: drop --actions and --labels'):
+        vg.main(list(map(str, ['sample', '--gpt', gpt_path, '--labels', 3, '--out', tmp_path / 'x.gif'])))
     (tmp_path / 'moved').mkdir()  # a moved run folder still finds its VQ-VAE, relative to the prior's folder
     os.replace(tmp_path / 'gpt', tmp_path / 'moved' / 'gpt')
     os.replace(tmp_path / 'vq', tmp_path / 'moved' / 'vq')

@@ -134,8 +134,7 @@ class AttentionResidualBlock(nn.Module):
         self.attn = AxialAttention(dim, cfg.n_head) if cfg.axial_attention else None
 
     def forward(self, x, pos):
-        if torch.is_grad_enabled():  # activation checkpointing: keep only x, recompute the branch in the backward pass
-            # Else the axial attention's per-axis copies would hold ~35x the input's memory (benchmarks/RESULTS.md).
+        if torch.is_grad_enabled():  # checkpointing: else the per-axis copies would hold ~35x x's memory (RESULTS.md)
             return x + torch.utils.checkpoint.checkpoint(self.branch, x, pos, use_reentrant=False)
         return x + self.branch(x, pos)
 
@@ -231,8 +230,7 @@ class EMACodebook(nn.Module):
         n = self.cluster_size.sum()  # Laplace smoothing keeps N_k > 0 for unused codes: the division is defined
         smoothed = (self.cluster_size + self.eps) / (n + self.n_codes * self.eps) * n
         self.embeddings.copy_(self.embed_sum / smoothed[:, None])
-        # Restart codes used by < ~1 vector a batch lately at encoder outputs drawn in proportion to their squared
-        # error (k-means++ seeding): uniform draws put most codes on the black background (RESULTS.md).
+        # Restart dead codes at encoder outputs drawn by squared error (k-means++): uniform ones land on the background.
         dead = self.cluster_size < self.dead_threshold
         if dead.any():  # identical on every rank: the counts were all-reduced
             fresh = self._random_rows(z, int(dead.sum()), err)
@@ -905,8 +903,7 @@ PRESETS = {  # name: (VQVAEConfig overrides, GPTConfig overrides)
     'mnist-cpu': (dict(sequence_length=8, downsample=(1, 4, 4), n_hiddens=64, n_codes=512),
                   dict(n_embd=192, n_head=4, n_layer=4, dropout=0.0)),
     # Minutes on 2 CPU cores: one digit, 8 frames -> 4x8x8 codes, class-conditional. A code spans 2 frames: width 32
-    # with 64 codes lost the digits, width 48 with 128 holds them (width 64: 45% more per step, slightly better digits);
-    # half the tokens of 8x8x8 buy 1,800 prior steps for ~3/4 of the cost of 1,300 there (RESULTS.md).
+    # with 64 codes lost the digits, width 48 with 128 holds them; width 64 costs 1.5x per step (RESULTS.md).
     'demo': (dict(sequence_length=8, downsample=(2, 8, 8), n_hiddens=48, n_res_layers=1, n_codes=128),
              dict(n_embd=128, n_head=2, n_layer=4, dropout=0.0, cond_dim=10, cond_dropout=0.1)),
 }
@@ -1100,6 +1097,8 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
                                     rng=rng, train_config=asdict(tcfg), **(extra or {}))
                     if log:
                         data.plot_metrics(os.path.join(tcfg.out_dir, 'loss.png'), log)
+                if world > 1:  # no rank goes on before rank 0's checkpoint is on disk: a resume must find it
+                    dist.barrier()
     return model
 
 
@@ -1249,6 +1248,8 @@ def _sample_inputs(args):
         batch['label'] = torch.tensor(args.labels).repeat(args.n)[:args.n]
     if gcfg.cond_dim and not {'actions', 'label'} & set(batch):
         sys.exit("this prior is vector-conditioned: pass --actions FILE.npy, or --labels for class labels")
+    if not gcfg.cond_dim and (args.actions or args.labels):  # else they would be ignored without a word
+        sys.exit("this prior has no vector conditioning: drop --actions and --labels")
     return (batch.get('video'), *gpt_inputs(gcfg, batch), args.frames // d if args.frames else None)
 
 
@@ -1314,7 +1315,6 @@ def demo(args):
                                   sample_every=args.vqvae_steps, ckpt_every=args.vqvae_steps, **common))
     vq_path, gpt_path = (os.path.join(args.out_dir, stage, 'ckpt.pt') for stage in ('vqvae', 'gpt'))
     # lr 6e-3, not 2e-3: the zero-initialised class pathway learns faster; samples read as their digit more often.
-    # 5,000 videos encoded once (codes.pt), not 1,800 x 8 encoded as drawn: 25 s instead of ~60 (RESULTS.md).
     train_gpt(gcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'gpt'), steps=args.gpt_steps, lr=6e-3,
                                 sample_every=args.gpt_steps, ckpt_every=args.gpt_steps, vqvae=vq_path,
                                 codes_file=os.path.join(args.out_dir, 'codes.pt'), **dict(common, dataset_size=5000)))
@@ -1373,17 +1373,20 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.cmd in ('train-vqvae', 'train-gpt'):
         vcfg, gcfg = preset_configs(args.preset)
-        try:  # a value the configs refuse (--steps 0) is a usage error, not a traceback
+        try:  # a value the configs refuse (--steps 0, --downsample 3 4 4) is a usage error, not a traceback
             tcfg = _fill(TrainConfig(out_dir=os.path.join('runs', args.cmd.split('-')[1])), args)
+            if args.cmd == 'train-vqvae':
+                vcfg = _fill(vcfg, args)
+            elif tcfg.vqvae:  # the prior models the codes of this VQ-VAE
+                gcfg = _fill(fit_prior(gcfg, VQVAEConfig(**load_checkpoint(tcfg.vqvae, 'vqvae')['config'])), args)
         except ValueError as e:
             p.error(str(e))
         if args.cmd == 'train-vqvae':
-            train_vqvae(_fill(vcfg, args), tcfg)
+            train_vqvae(vcfg, tcfg)
         elif not tcfg.vqvae:
             p.error("train-gpt needs --vqvae PATH/ckpt.pt (from train-vqvae)")
         else:
-            vcfg = VQVAEConfig(**load_checkpoint(tcfg.vqvae, 'vqvae')['config'])
-            train_gpt(_fill(fit_prior(gcfg, vcfg), args), tcfg)  # the prior models the codes of this VQ-VAE
+            train_gpt(gcfg, tcfg)
     elif args.cmd == 'sample':
         if os.path.splitext(args.out)[1].lower() not in ('.gif', '.mp4', '.png'):  # before the sampling work
             p.error(f"--out {args.out}: write a .gif, .mp4 or .png")

@@ -203,11 +203,28 @@ def peak_tensor_gb(fn):
     return peak / 1e9
 
 
+def self_time_by_kind(step, n=3):
+    """Seconds per step of the profiler's self time in arithmetic kernels (convolutions forward and backward, matrix
+    products, softmax, normalisation), in layout copies (copy_, cat, fill_, stack), and in the rest, over n steps."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+    kinds = dict(kernels_s=0.0, copies_s=0.0, rest_s=0.0)
+    for e in prof.key_averages():
+        name = e.key.removeprefix('aten::')
+        kernel = 'conv' in name or 'softmax' in name or 'norm' in name or name in ('mm', 'addmm', 'bmm', 'baddbmm')
+        kind = 'kernels_s' if kernel else 'copies_s' if name in ('copy_', 'cat', 'fill_', 'stack') else 'rest_s'
+        kinds[kind] += e.self_cpu_time_total / 1e6 / n
+    return kinds
+
+
 def vqvae_extras(model, x, step, device, steps):
-    """On the CPU, the VQ-VAE step's peak tensor memory and its layers alone (in fp32: GPU steps run in bf16)."""
+    """On the CPU, the VQ-VAE step's peak tensor memory, its layers alone and its self time by kind (in fp32: GPU
+    steps run in bf16)."""
     if device.type != 'cpu':
         return {}
-    return dict(peak_tensor_gb=peak_tensor_gb(step), layers_alone_s=time_steps(layers_alone(model, x), device, steps))
+    return dict(peak_tensor_gb=peak_tensor_gb(step), layers_alone_s=time_steps(layers_alone(model, x), device, steps),
+                **self_time_by_kind(step))
 
 
 def check_original(root):
@@ -295,31 +312,43 @@ def main():
     p.add_argument('--dropout', type=float, default=0.0, help="the priors' dropout and attention dropout, both sides")
     p.add_argument('--one', help="run a single workload in this process and print its JSON")
     p.add_argument('--workloads', default='vqvae,prior,sample')
+    p.add_argument('--repeat', type=int, default=1, help="run each workload this many times, ours and the "
+                   "original's in turn, and report each one's median run: on a shared machine speed drifts by minutes")
     p.add_argument('--json', help="also write the results to this file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
         print(json.dumps(run_one(args.one, torch.device(args.device), args.steps, args.original, args.dropout)))
         return
-    names = args.workloads.split(',')
     if args.original:
         check_original(args.original)  # fail now, not after our workloads
-        names += ['orig-' + n for n in names if n in ('vqvae', 'prior', 'sample')]
+    # Each of ours next to the original's: a slow spell of the machine then hits both sides of a ratio alike.
+    names = [m for n in args.workloads.split(',') for m in [n] + ['orig-' + n] * bool(
+        args.original and n in ('vqvae', 'prior', 'sample'))]
     scaling = (SCALING + (ORIGINAL_SCALING if args.original else [])) if args.scaling else []
-    rows = []
-    for name in names + scaling:
-        out = subprocess.run([sys.executable, __file__, '--one', name, '--device', args.device, '--threads',
-                              str(args.threads), '--steps', str(2 if name in scaling else args.steps),
-                              '--original', args.original, '--dropout', str(args.dropout)], capture_output=True,
-                             text=True)
-        if out.returncode:
-            sys.exit(out.stderr)
-        rows.append(dict(json.loads(out.stdout.strip().splitlines()[-1]), workload=name))
-        print(json.dumps(rows[-1]), flush=True)
+    runs = {}
+    for _ in range(args.repeat):
+        for name in names + scaling:
+            out = subprocess.run([sys.executable, __file__, '--one', name, '--device', args.device, '--threads',
+                                  str(args.threads), '--steps', str(2 if name in scaling else args.steps),
+                                  '--original', args.original, '--dropout', str(args.dropout)], capture_output=True,
+                                 text=True)
+            if out.returncode:
+                sys.exit(out.stderr)
+            runs.setdefault(name, []).append(dict(json.loads(out.stdout.strip().splitlines()[-1]), workload=name))
+            print(json.dumps(runs[name][-1]), flush=True)
+    rows = [median_run(runs[name]) for name in names + scaling]
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(rows, f, indent=1)
     print_tables(rows)
+
+
+def median_run(rows):
+    """The run with the median time of one workload's runs, with every run's time listed under 'runs'."""
+    key = 'step_s' if 'step_s' in rows[0] else 'sample_s'
+    rows = sorted(rows, key=lambda r: r[key])
+    return dict(rows[(len(rows) - 1) // 2], runs=[r[key] for r in rows])
 
 
 def print_tables(rows):
@@ -344,6 +373,11 @@ def print_tables(rows):
         print(f"| VQ-VAE: its convolutions and linear layers alone (a ceiling) | {r['layers_alone_s']:.3f} s | "
               + (f"{o['layers_alone_s']:.3f} s | {o['step_s'] / r['layers_alone_s']:.2f}x the original's step | "
                  if o else "| | ") + tensors + " |")
+    if 'kernels_s' in by.get('vqvae', {}):
+        r, o = by['vqvae'], by.get('orig-vqvae')
+        part = lambda x: (f"{x['kernels_s']:.3f} s (copies {x['copies_s']:.3f}, rest {x['rest_s']:.3f})")
+        print(f"| VQ-VAE: a step's kernels alone, profiled: convolutions, products, softmax, norms | {part(r)} | "
+              + (f"{part(o)} | {o['step_s'] / r['kernels_s']:.2f}x the original's step | |" if o else "| | |"))
     if 'reference_attention_step_s' in by.get('prior', {}):
         ratio = by['prior']['reference_attention_step_s'] / by['prior']['step_s']
         print(f"| reference attention / SDPA, prior step | {ratio:.2f}x | | | |")
@@ -372,6 +406,9 @@ def print_tables(rows):
             theirs = (f"{o['step_s']:.2f} s | {o['peak_rss_gb']:.2f} GB | {o['step_s'] / r['step_s']:.1f}x" if o else
                       " | | ")
             print(f"| {r['tokens']:,} | {r['step_s']:.3f} s | {r['peak_rss_gb']:.2f} GB | {theirs} |")
+    if len(rows[0].get('runs', [])) > 1:
+        print("\nEach workload's runs, fastest first (the tables use the median):\n\n" + '\n'.join(
+            f"- {r['workload']}: " + ', '.join(f"{t:.3f}" for t in r['runs']) + " s" for r in rows))
     for r in rows:
         if r.get('mfu') is not None:
             print(f"| {r['workload']} bf16 MFU on {r['device']} | {100 * r['mfu']:.1f} % "
