@@ -313,7 +313,7 @@ def main():
     p.add_argument('--one', help="run a single workload in this process and print its JSON")
     p.add_argument('--workloads', default='vqvae,prior,sample')
     p.add_argument('--repeat', type=int, default=1, help="run each workload this many times, ours and the "
-                   "original's in turn, and report each one's median run: on a shared machine speed drifts by minutes")
+                   "original's in turn, and report each one's median run: this machine's speed drifts within minutes")
     p.add_argument('--json', help="also write the results to this file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
