@@ -1188,7 +1188,11 @@ def _ddp_worker(rank, world, port, out_dir):
     import torch.distributed as dist
     if rank == 0:  # a slow disk: rank 1 must still find this checkpoint when it resumes below
         save = vg.save_checkpoint
-        vg.save_checkpoint = lambda *args, **kwargs: (time.sleep(1), save(*args, **kwargs))[1]
+
+        def slow_save(*args, **kwargs):
+            time.sleep(1)
+            save(*args, **kwargs)
+        vg.save_checkpoint = slow_save
     tcfg = vg.TrainConfig(out_dir=out_dir, steps=1, batch_size=2, lr=1e-3, warmup=1, ckpt_every=100,
                           sample_every=100, log_every=100, num_workers=0, seed=5)
     # each rank sees different data (the sampler is seeded by rank), so only synchronisation can make them agree

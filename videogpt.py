@@ -134,7 +134,7 @@ class AttentionResidualBlock(nn.Module):
         self.attn = AxialAttention(dim, cfg.n_head) if cfg.axial_attention else None
 
     def forward(self, x, pos):
-        if torch.is_grad_enabled():  # checkpointing: else the per-axis copies would hold ~35x x's memory (RESULTS.md)
+        if torch.is_grad_enabled():  # checkpointing: else the attention's copies hold ~35x the input's memory
             return x + torch.utils.checkpoint.checkpoint(self.branch, x, pos, use_reentrant=False)
         return x + self.branch(x, pos)
 
@@ -1377,14 +1377,14 @@ def main(argv=None):
             tcfg = _fill(TrainConfig(out_dir=os.path.join('runs', args.cmd.split('-')[1])), args)
             if args.cmd == 'train-vqvae':
                 vcfg = _fill(vcfg, args)
-            elif tcfg.vqvae:  # the prior models the codes of this VQ-VAE
+            elif not tcfg.vqvae:
+                p.error("train-gpt needs --vqvae PATH/ckpt.pt (from train-vqvae)")
+            else:  # the prior models the codes of this VQ-VAE
                 gcfg = _fill(fit_prior(gcfg, VQVAEConfig(**load_checkpoint(tcfg.vqvae, 'vqvae')['config'])), args)
         except ValueError as e:
             p.error(str(e))
         if args.cmd == 'train-vqvae':
             train_vqvae(vcfg, tcfg)
-        elif not tcfg.vqvae:
-            p.error("train-gpt needs --vqvae PATH/ckpt.pt (from train-vqvae)")
         else:
             train_gpt(gcfg, tcfg)
     elif args.cmd == 'sample':

@@ -10,7 +10,9 @@ package. Ratios are only meaningful when both sides run on the same machine in t
 2-2.6x slower on one 2-core machine than on another of the same kind. Each workload runs in its own process so that
 its peak RSS is its own. Timings are medians over repeated steps after warm-up; variants (fused vs reference
 attention, cached vs uncached sampling) run in the same process and are reported as ratios. Ceilings in the same
-process: a sampling step's matrix products alone, and the VQ-VAE's layers alone, with its peak tensor memory.
+process: a sampling step's matrix products alone, and the VQ-VAE's layers alone, with its peak tensor memory and
+its profiled self time by kind (arithmetic kernels, copies, the rest). --repeat N runs each workload N times, ours
+next to the original's, and reports the median run: one run of each side can land in different spells of a machine.
 """
 import argparse
 import json
@@ -323,8 +325,9 @@ def main():
     if args.original:
         check_original(args.original)  # fail now, not after our workloads
     # Each of ours next to the original's: a slow spell of the machine then hits both sides of a ratio alike.
-    names = [m for n in args.workloads.split(',') for m in [n] + ['orig-' + n] * bool(
-        args.original and n in ('vqvae', 'prior', 'sample'))]
+    names = []
+    for n in args.workloads.split(','):
+        names += [n] + (['orig-' + n] if args.original and n in ('vqvae', 'prior', 'sample') else [])
     scaling = (SCALING + (ORIGINAL_SCALING if args.original else [])) if args.scaling else []
     runs = {}
     for _ in range(args.repeat):
@@ -373,9 +376,7 @@ def print_tables(rows):
         print(f"| VQ-VAE: its convolutions and linear layers alone (a ceiling) | {r['layers_alone_s']:.3f} s | "
               + (f"{o['layers_alone_s']:.3f} s | {o['step_s'] / r['layers_alone_s']:.2f}x the original's step | "
                  if o else "| | ") + tensors + " |")
-    if 'kernels_s' in by.get('vqvae', {}):
-        r, o = by['vqvae'], by.get('orig-vqvae')
-        part = lambda x: (f"{x['kernels_s']:.3f} s (copies {x['copies_s']:.3f}, rest {x['rest_s']:.3f})")
+        part = lambda x: f"{x['kernels_s']:.3f} s (copies {x['copies_s']:.3f}, rest {x['rest_s']:.3f})"  # noqa: E731
         print(f"| VQ-VAE: a step's kernels alone, profiled: convolutions, products, softmax, norms | {part(r)} | "
               + (f"{part(o)} | {o['step_s'] / r['kernels_s']:.2f}x the original's step | |" if o else "| | |"))
     if 'reference_attention_step_s' in by.get('prior', {}):
