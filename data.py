@@ -21,6 +21,7 @@ import json
 import math
 import os
 import struct
+import sys
 import tarfile
 import urllib.request
 import warnings
@@ -705,6 +706,45 @@ def make_dataset(tcfg, n_frames, resolution, train=True):
     if tcfg.dataset == 'folder':
         return VideoFolder(tcfg.data_dir, n_frames=n_frames, resolution=resolution, train=train)
     raise ValueError(f"unknown dataset {tcfg.dataset!r}: choose mnist, bair or folder")
+
+
+def sample_inputs(args):
+    """`videogpt.py sample`'s inputs, (videos (n, C, T, H, W), frames, cond, n_latent_frames), from its flags --from,
+    --frames-from, --actions, --labels and --frames."""
+    from videogpt import GPTConfig, VQVAEConfig  # videogpt imports data: not at the top
+    ckpt = load_checkpoint(args.gpt)
+    gcfg, vcfg = GPTConfig(**ckpt['config']), VQVAEConfig(**load_checkpoint(args.vqvae, 'vqvae')['config'])
+    T, d = vcfg.sequence_length, vcfg.downsample[0]
+    if args.frames and (args.frames % d or args.frames < T or args.task):
+        sys.exit(f"--frames {args.frames}: give a multiple of {d} (time downsampling), >= {T}, and no --task")
+    source, batch = args.from_ or args.frames_from, {}
+    if gcfg.n_cond_frames and not source:
+        sys.exit("this prior is frame-conditioned: pass --frames-from val|train|VIDEO_FILE")
+    if source and os.path.isfile(source):
+        clip = read_video(source, vcfg.resolution, vcfg.in_channels)  # (C, T', H, W)
+        if args.from_ and clip.shape[1] < T:
+            sys.exit(f"{source} has {clip.shape[1]} frames; the VQ-VAE encodes {T}")
+        batch['video'] = clip[None, :, :T].expand(args.n, -1, -1, -1, -1)
+    elif source:  # the prior's training data unless overridden
+        ds = held_out(args, ckpt, vcfg.sequence_length, vcfg.resolution, train=source == 'train')
+        batch = torch.utils.data.default_collate([ds[i] for i in range(args.n)])
+    if gcfg.cond_dim and args.actions:
+        actions = torch.as_tensor(np.load(args.actions), dtype=torch.float32)  # (T, 4) for all, or (n, T, 4)
+        batch['actions'] = actions.expand(args.n, *actions.shape) if actions.ndim == 2 else actions
+    if gcfg.cond_dim and args.labels:
+        batch['label'] = torch.tensor(args.labels).repeat(args.n)[:args.n]
+    if gcfg.cond_dim and not {'actions', 'label'} & set(batch):
+        sys.exit("this prior is vector-conditioned: pass --actions FILE.npy, or --labels for class labels")
+    if not gcfg.cond_dim and (args.actions or args.labels):  # else they would be ignored without a word
+        sys.exit("this prior has no vector conditioning: drop --actions and --labels")
+    return (batch.get('video'), *gpt_inputs(gcfg, batch), args.frames // d if args.frames else None)
+
+
+def held_out(args, ckpt, n_frames, resolution, train=False):
+    """A split (held-out unless train) of a checkpoint's training data; --dataset, --data-dir, --mnist-dir override."""
+    from videogpt import TrainConfig
+    given = {k: getattr(args, k) for k in ('dataset', 'data_dir', 'mnist_dir') if getattr(args, k)}
+    return make_dataset(TrainConfig(**dict(ckpt.get('train_config', {}), **given)), n_frames, resolution, train)
 
 
 def gpt_inputs(gcfg, batch):

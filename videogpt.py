@@ -9,6 +9,14 @@ GroupNorm instead of BatchNorm, learned position embeddings in the VQ-VAE's axia
 code did not), every power-of-2 downsampling builds, a measured data variance instead of `/ 0.06`, a distributed-safe
 EMA codebook kept in fp32, `F.scaled_dot_product_attention` with a KV cache, and a plain PyTorch training loop.
 
+Contents
+    Part I, the papers' models, in their order: the VQ-VAE (config, 3D convolutions, axial attention, encoder and
+        decoder, EMA codebook), the prior (config, conditioning, transformer, KV-cached sampling with guidance), then
+        MAGVIT's masked prior (tasks, mask schedule, parallel decoding).
+    Part II, tools: input checks, sampling to files, frame prediction and completion, metrics and `evaluate`,
+        presets, checkpoints and pretrained weights.
+    Part III, training (one loop for both stages) and the command line, `main` last.
+
 Axis legend: B batch, C channels, T/H/W video frames/height/width, t/h/w latent grid, L = t*h*w tokens, D width,
     E code size, K codes, S conditioning tokens, nh heads, hd = D // nh. Videos (B, C, T, H, W) in [-0.5, 0.5].
 """
@@ -32,54 +40,53 @@ import data  # datasets, checkpoint and other files, pictures: the model classes
 from data import export_weights, find_vqvae, gpt_inputs, load_checkpoint, save_checkpoint  # videogpt's names too
 
 
+# ==================================================================================================================
+# PART I. THE PAPERS' MODELS
+# ==================================================================================================================
+# Stage one, the VQ-VAE (VideoGPT section 3.1): its configuration
+
+@dataclass
+class VQVAEConfig:
+    in_channels: int = 1               # 1 for Moving MNIST, 3 for RGB
+    sequence_length: int = 16          # T
+    resolution: int = 64               # H = W
+    downsample: tuple = (4, 4, 4)      # per-axis factors (T, H, W), each in {1, 2, 4, 8, ...}: 16x64x64 -> 4x16x16
+    n_hiddens: int = 240               # D, the trunk width (paper table A.1)
+    n_res_layers: int = 2              # attention residual blocks in the encoder, and again in the decoder
+    n_head: int = 2                    # heads of each axial attention
+    axial_attention: bool = True       # False: the paper's table 3 ablation
+    embedding_dim: int = 64            # E
+    n_codes: int = 512                 # K
+    beta: float = 0.25                 # commitment weight (VQ-VAE eq. 3)
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 1.0   # restart codes whose EMA count drops below this
+
+    def __post_init__(self):
+        self.downsample = tuple(self.downsample)
+        for d, n, axis in zip(self.downsample, (self.sequence_length, self.resolution, self.resolution), 'THW'):
+            if d < 1 or d & (d - 1):
+                raise ValueError(f"downsample factors must be powers of 2, got {self.downsample}")
+            if n % d:
+                raise ValueError(f"{axis}={n} is not divisible by its downsample factor {d}: use multiples of {d}")
+
+    @property
+    def latent_shape(self):
+        return tuple(n // d for n, d in zip((self.sequence_length, self.resolution, self.resolution), self.downsample))
+
+
 # ------------------------------------------------------------------------------------------------------------------
-# Helpers
-
-def _is_dist():
-    return dist.is_available() and dist.is_initialized()
-
-
-def attention(q, k, v, causal=False, dropout_p=0.0, fast=True):
-    """Multi-head attention, q (..., Lq, hd), k, v (..., Lk, hd) -> (..., Lq, hd); causal: q is the last Lq of Lk."""
-    Lq, Lk = q.shape[-2], k.shape[-2]
-    if fast and not (causal and Lq != Lk):  # the fused kernel never builds Lq x Lk; its causal mask assumes Lq = Lk
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
-    att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (..., Lq, Lk)
-    if causal:  # query i sees keys j <= i + (Lk - Lq), a mask built on the fly: no L x L buffer to keep in memory
-        i = torch.arange(Lq, device=q.device)[:, None] + (Lk - Lq)
-        att = att.masked_fill(torch.arange(Lk, device=q.device) > i, float('-inf'))
-    return F.dropout(att.softmax(dim=-1), dropout_p) @ v  # the reference path: Vaswani et al. 2017, eq. 1
-
-
-def check_codes(codes, latent_shape, n_codes, hint=""):
-    """Raise a clear error unless codes is an integer tensor (B, *latent_shape) with values in [0, n_codes)."""
-    if not torch.is_tensor(codes) or codes.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"codes must be an int64 tensor from VQVAE.encode, got {getattr(codes, 'dtype', type(codes))}")
-    if codes.ndim != 4 or tuple(codes.shape[1:]) != tuple(latent_shape) or not len(codes):
-        raise ValueError(f"codes must be (B, {', '.join(map(str, latent_shape))}) with B >= 1, got "
-                         f"{tuple(codes.shape)}{hint}")
-    if codes.numel() and (codes.min() < 0 or codes.max() >= n_codes):
-        raise ValueError(f"codes must lie in [0, {n_codes}), got [{codes.min()}, {codes.max()}]{hint}")
-
-
-def check_pixels(x, what='video'):
-    """Raise a clear error unless x is a non-empty float tensor of finite values in [-0.5, 0.5]."""
-    if not torch.is_tensor(x) or not x.is_floating_point():
-        raise TypeError(f"{what} must be a float tensor in [-0.5, 0.5], got {getattr(x, 'dtype', type(x))}: for "
-                        "uint8 frames use x.float() / 255 - 0.5")
-    if not x.numel():
-        raise ValueError(f"{what} is empty (shape {tuple(x.shape)}): pass at least one video")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{what} holds NaN or inf values: check the data pipeline that made it")
-    lo, hi = torch.aminmax(x.detach())
-    if lo < -0.501 or hi > 0.501:  # a little slack for resampling overshoot
-        raise ValueError(f"{what} values must lie in [-0.5, 0.5], got [{lo:.3f}, {hi:.3f}]: "
-                         "for uint8 frames use x / 255 - 0.5, for [-1, 1] data use x / 2")
-
+# VQ-VAE building blocks (paper section 3.1, figure 4): 3D convolutions and axial attention
 
 def group_norm(channels):
     # GroupNorm, not the original's BatchNorm (noisy statistics at 1-8 videos per GPU, eval unlike train): per sample.
     return nn.GroupNorm(math.gcd(32, channels), channels)  # 32 groups (Wu & He 2018), fewer for narrow trunks
+
+
+def strided_conv(c_in, c_out, stride, transposed=False):
+    # Padding 1: kernel 4 / stride 2 halves an axis ((n + 2 - 4) / 2 + 1), kernel 3 keeps it: any factor builds, even 1.
+    # Transposed, its mirror: kernel 4 / stride 2 / padding 1 doubles an axis exactly.
+    conv = nn.ConvTranspose3d if transposed else nn.Conv3d
+    return conv(c_in, c_out, tuple(4 if s == 2 else 3 for s in stride), stride, padding=1)
 
 
 class AxisPositionEmbedding(nn.Module):
@@ -93,14 +100,16 @@ class AxisPositionEmbedding(nn.Module):
         return t[:, None, None] + h[None, :, None] + w[None, None, :]  # (t, h, w, D)
 
 
-# ------------------------------------------------------------------------------------------------------------------
-# VQ-VAE building blocks (paper section 3.1, figure 4)
-
-def strided_conv(c_in, c_out, stride, transposed=False):
-    # Padding 1: kernel 4 / stride 2 halves an axis ((n + 2 - 4) / 2 + 1), kernel 3 keeps it: any factor builds, even 1.
-    # Transposed, its mirror: kernel 4 / stride 2 / padding 1 doubles an axis exactly.
-    conv = nn.ConvTranspose3d if transposed else nn.Conv3d
-    return conv(c_in, c_out, tuple(4 if s == 2 else 3 for s in stride), stride, padding=1)
+def attention(q, k, v, causal=False, dropout_p=0.0, fast=True):
+    """Multi-head attention, q (..., Lq, hd), k, v (..., Lk, hd) -> (..., Lq, hd); causal: q is the last Lq of Lk."""
+    Lq, Lk = q.shape[-2], k.shape[-2]  # Lq < Lk only for the prior's KV cache (sampling, below): new queries, old keys
+    if fast and not (causal and Lq != Lk):  # the fused kernel never builds Lq x Lk; its causal mask assumes Lq = Lk
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (..., Lq, Lk)
+    if causal:  # query i sees keys j <= i + (Lk - Lq), a mask built on the fly: no L x L buffer to keep in memory
+        i = torch.arange(Lq, device=q.device)[:, None] + (Lk - Lq)
+        att = att.masked_fill(torch.arange(Lk, device=q.device) > i, float('-inf'))
+    return F.dropout(att.softmax(dim=-1), dropout_p) @ v  # the reference path: Vaswani et al. 2017, eq. 1
 
 
 class AxialAttention(nn.Module):
@@ -118,7 +127,8 @@ class AxialAttention(nn.Module):
         for axis, qkv_axis in zip('thw', qkv):  # along one axis: a batch of 1-D sequences, the other axes folded into B
             rest = ' '.join(a for a in 'thw' if a != axis)
             q, k, v = rearrange(qkv_axis, f'B t h w (qkv nh hd) -> qkv (B {rest}) nh {axis} hd', qkv=3, nh=self.n_head)
-            y = attention(q, k, v, fast=x.is_cuda)  # 8-32 long: on CPU the explicit softmax is faster (RESULTS.md)
+            # fast=x.is_cuda: sequences of 8-32 tokens run faster through the explicit softmax on a CPU (RESULTS.md).
+            y = attention(q, k, v, fast=x.is_cuda)
             outs.append(rearrange(y, f'(B {rest}) nh {axis} hd -> B t h w (nh hd)', B=B, t=t, h=h, w=w))
         return rearrange(self.proj(torch.cat(outs, dim=-1)), 'B t h w D -> B D t h w')
 
@@ -147,8 +157,9 @@ class Encoder(nn.Module):
     """(B, C, T, H, W) video, (t, h, w, D) position embeddings -> (B, D, t, h, w), each axis downsampled by 2^k."""
     def __init__(self, cfg):
         super().__init__()
-        D, n_down = cfg.n_hiddens, [int(math.log2(d)) for d in cfg.downsample]
-        # Stage i halves the axes still to halve; stage 0 reads the C channels: at full resolution, width D costs most.
+        D, n_down = cfg.n_hiddens, [int(math.log2(d)) for d in cfg.downsample]  # halvings per axis, e.g. (1, 2, 2)
+        # Stage i halves every axis that still needs halving (i < its count): (1, 2, 2) gives strides (2,2,2), (1,2,2).
+        # Stage 0 reads the C channels: at full resolution, width D costs most.
         convs = [strided_conv(D if i else cfg.in_channels, D, tuple(2 if i < n else 1 for n in n_down))
                  for i in range(max(n_down))]  # then a size-keeping conv: the only one when nothing is downsampled
         self.convs = nn.ModuleList(convs + [nn.Conv3d(D if convs else cfg.in_channels, D, 3, padding=1)])
@@ -171,7 +182,9 @@ class Decoder(nn.Module):
         D, n_up = cfg.n_hiddens, [int(math.log2(d)) for d in cfg.downsample]
         self.blocks = nn.ModuleList([AttentionResidualBlock(cfg) for _ in range(cfg.n_res_layers)])
         self.norm = nn.Sequential(group_norm(D), nn.ReLU())
-        n = max(n_up)  # upsample the axes whose factor is largest first: stage i mirrors encoder stage n - 1 - i
+        # Stage i mirrors encoder stage n - 1 - i: it doubles the axes with more than i halvings still to undo, so
+        # (1, 2, 2) gives strides (1,2,2), (2,2,2). The last stage writes the C channels.
+        n = max(n_up)
         stages = [strided_conv(D, cfg.in_channels if i == n - 1 else D, tuple(2 if n - i <= m else 1 for m in n_up),
                                transposed=True) for i in range(n)]
         self.convs = nn.ModuleList(stages or [nn.Conv3d(D, cfg.in_channels, 3, padding=1)])
@@ -187,6 +200,10 @@ class Decoder(nn.Module):
 
 # ------------------------------------------------------------------------------------------------------------------
 # The EMA codebook (van den Oord et al. 2017, appendix A.1)
+
+def _is_dist():
+    return dist.is_available() and dist.is_initialized()
+
 
 class EMACodebook(nn.Module):
     """(B, E, t, h, w) -> quantised (B, E, t, h, w), codes (B, t, h, w), losses; buffers moved by EMA, not gradients."""
@@ -258,35 +275,6 @@ class EMACodebook(nn.Module):
 # ------------------------------------------------------------------------------------------------------------------
 # The VQ-VAE
 
-@dataclass
-class VQVAEConfig:
-    in_channels: int = 1               # 1 for Moving MNIST, 3 for RGB
-    sequence_length: int = 16          # T
-    resolution: int = 64               # H = W
-    downsample: tuple = (4, 4, 4)      # per-axis factors (T, H, W), each in {1, 2, 4, 8, ...}: 16x64x64 -> 4x16x16
-    n_hiddens: int = 240               # D, the trunk width (paper table A.1)
-    n_res_layers: int = 2              # attention residual blocks in the encoder, and again in the decoder
-    n_head: int = 2                    # heads of each axial attention
-    axial_attention: bool = True       # False: the paper's table 3 ablation
-    embedding_dim: int = 64            # E
-    n_codes: int = 512                 # K
-    beta: float = 0.25                 # commitment weight (VQ-VAE eq. 3)
-    ema_decay: float = 0.99
-    dead_code_threshold: float = 1.0   # restart codes whose EMA count drops below this
-
-    def __post_init__(self):
-        self.downsample = tuple(self.downsample)
-        for d, n, axis in zip(self.downsample, (self.sequence_length, self.resolution, self.resolution), 'THW'):
-            if d < 1 or d & (d - 1):
-                raise ValueError(f"downsample factors must be powers of 2, got {self.downsample}")
-            if n % d:
-                raise ValueError(f"{axis}={n} is not divisible by its downsample factor {d}: use multiples of {d}")
-
-    @property
-    def latent_shape(self):
-        return tuple(n // d for n, d in zip((self.sequence_length, self.resolution, self.resolution), self.downsample))
-
-
 def bounded_mse(x_hat, x):
     """MSE where overshooting a target on a bound of [-0.5, 0.5] is free: black stays black (RESULTS.md)."""
     err = x_hat.float() - x.float()
@@ -308,24 +296,9 @@ class VQVAE(nn.Module):
         self.register_buffer('variance_set', torch.tensor(False))  # buffers: reloaded models keep their Var(x)
         self.to(memory_format=torch.channels_last_3d)  # (B, T, H, W, C) convolutions: 5-13% faster steps (RESULTS.md)
 
-    def check_video(self, x):
-        """The video, checked (shape, channels, sizes, finite values in [-0.5, 0.5]) and cast to the weights' dtype."""
-        cfg = self.config
-        check_pixels(x)
-        if x.ndim != 5:
-            raise ValueError(f"video must be (B, C, T, H, W), got {tuple(x.shape)}: use x[None] or x[:, None] (grey)")
-        if x.shape[1] != cfg.in_channels:
-            raise ValueError(f"video has {x.shape[1]} channels but the model was built for {cfg.in_channels}: "
-                             f"set VQVAEConfig(in_channels={x.shape[1]}) or convert the video; channels go on axis 1")
-        T, H, W = x.shape[2:]  # the config's sizes are divisible by the downsample factors (VQVAEConfig checks)
-        if (T, H, W) != (cfg.sequence_length, cfg.resolution, cfg.resolution):  # the position embeddings' size
-            raise ValueError(f"video is {T}x{H}x{W} but the model was built for {cfg.sequence_length}x{cfg.resolution}"
-                             f"x{cfg.resolution}: crop or resize the video, or build a VQVAEConfig for this size")
-        return x.to(self.pre_vq.weight.dtype)  # float64 or fp16 input: cast, so the convolutions accept it
-
     def forward(self, x):
         """(B, C, T, H, W) in [-0.5, 0.5] -> dict of losses, perplexity, usage, x_hat (B, C, T, H, W), codes."""
-        x = self.check_video(x)
+        x = check_video(self.config, x).to(self.pre_vq.weight.dtype)  # float64 or fp16 input: the weights' dtype
         if self.training and not self.variance_set:
             var = x.detach().float().var()
             if _is_dist():  # every rank must normalise by the same number
@@ -344,7 +317,7 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def encode(self, x):
         """(B, C, T, H, W) in [-0.5, 0.5] -> codes (B, t, h, w) int64. Never changes the codebook."""
-        x = self.check_video(x)
+        x = check_video(self.config, x).to(self.pre_vq.weight.dtype)  # float64 or fp16 input: the weights' dtype
         z = self.pre_vq(self.encoder(x, self.pos()))                         # (B, E, t, h, w)
         with torch.autocast(z.device.type, enabled=False):
             codes = self.codebook.nearest(rearrange(z.float(), 'B E t h w -> (B t h w) E'))[0]
@@ -358,20 +331,49 @@ class VQVAE(nn.Module):
         quantized = rearrange(F.embedding(codes, self.codebook.embeddings), 'B t h w E -> B E t h w')
         return self.decoder(self.post_vq(quantized), self.pos())
 
-    def decode_long(self, codes):
-        """codes (B, t', h, w), t' > t -> (B, C, t' * d, H, W), each frame from the window it is most central in."""
-        t, d, n = self.config.latent_shape[0], self.config.downsample[0], codes.shape[1]
-        starts = sorted(set(range(0, n - t, max(1, t // 2))) | {n - t})  # half-overlapping: context on both sides
-        windows = [self.decode(codes[:, s:s + t]) for s in starts]
-        frames = []
-        for i in range(n):  # the window whose centre is nearest latent frame i
-            k = min((k for k, s in enumerate(starts) if s <= i < s + t), key=lambda k: abs(starts[k] + (t - 1) / 2 - i))
-            frames.append(windows[k][:, :, (i - starts[k]) * d:(i - starts[k] + 1) * d])
-        return torch.cat(frames, dim=2)
+
+# ------------------------------------------------------------------------------------------------------------------
+# Stage two, the prior (VideoGPT section 3.2): its configuration
+
+@dataclass
+class GPTConfig:
+    n_codes: int = 512                  # K, the VQ-VAE's codebook size
+    latent_shape: tuple = (4, 16, 16)   # (t, h, w) of the VQ-VAE's codes
+    n_layer: int = 8
+    n_head: int = 4
+    n_embd: int = 192                   # D
+    dropout: float = 0.1                # on the residual paths
+    attn_dropout: float = 0.0           # on the attention weights
+    causal: bool = True                 # False: bidirectional, for masked (MAGVIT-style) parallel decoding
+    n_cond_frames: int = 0              # > 0: cross-attend to a 3D ResNet over this many pixel frames
+    frame_channels: int = 1             # C of the conditioning frames
+    frame_size: int = 64                # H = W of the conditioning frames (a multiple of 8)
+    frame_width: int = 128              # channels of the frame encoder's 3D ResNet
+    cond_dim: int = 0                   # > 0: conditional LayerNorm on a (B, cond_dim) vector (class, actions)
+    cond_dropout: float = 0.0           # train on the null (all-zero) vector this often: enables sample(guidance=)
+    fast_attention: bool = True         # False: the explicit-softmax reference path (for tests and teaching)
+    tasks: tuple = ('uncond',)          # masked priors: the MAGVIT tasks trained on, each video draws one (TASKS)
+
+    def __post_init__(self):
+        self.latent_shape, self.tasks = tuple(self.latent_shape), tuple(self.tasks)
+        if self.causal and self.tasks != ('uncond',):
+            raise ValueError(f"tasks={self.tasks} need a masked prior: set causal=False (causal ones learn prefixes)")
+        for task in self.tasks:
+            task_mask(task, self.latent_shape)  # MAGVIT's section: raises for a task unknown or impossible on this grid
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.cond_dropout and not (self.cond_dim and 0 < self.cond_dropout <= 1):
+            raise ValueError(f"cond_dropout={self.cond_dropout} needs cond_dim > 0 and a value in (0, 1], e.g. 0.1")
+        if self.n_cond_frames and self.frame_size % 8:
+            raise ValueError(f"frame_size={self.frame_size} must be a multiple of 8 (the frame encoder halves it 3x)")
+
+    @property
+    def block_size(self):
+        return math.prod(self.latent_shape)  # L
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Conditioning for the prior (paper section 3.2): a 3D ResNet over the conditioning frames, and conditional LayerNorm
+# Conditioning (paper section 3.2): a 3D ResNet over the conditioning frames, and conditional LayerNorm
 
 class FrameEncoder(nn.Module):
     """A 3D ResNet trained with the prior: (B, C, n_cond_frames, H, W) -> (B, S, D) tokens, S = n_cond_frames HW/64."""
@@ -477,81 +479,28 @@ class Block(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# MAGVIT's tasks (Yu et al. 2023, section 3.2): which tokens are given, which the masked prior must generate
+# The autoregressive prior, its KV-cached sampling and classifier-free guidance
 
-TASKS = dict(fp='frame prediction: the first n_given latent frames', fi='frame interpolation: the first and last',
-             opc='central outpainting: a central box', oph='horizontal outpainting: a central vertical band',
-             opv='vertical outpainting: a central horizontal band', ipc='central inpainting: all but a central box',
-             uncond='unconditional generation: nothing')
-
-
-def task_mask(task, latent_shape, n_given=1):
-    """(t, h, w) bool, True where `task` (TASKS) gives the tokens; boxes and bands span the central half of an axis."""
-    t, h, w = latent_shape
-    given = torch.zeros(latent_shape, dtype=torch.bool)  # as in MAGVIT, 'opc' gives a quarter of each frame
-    rows, cols = slice((h - h // 2) // 2, (h + h // 2) // 2), slice((w - w // 2) // 2, (w + w // 2) // 2)
-    region = dict(fp=np.s_[:n_given], fi=np.s_[[0, -1]], opc=np.s_[:, rows, cols], oph=np.s_[:, :, cols],
-                  opv=np.s_[:, rows], ipc=np.s_[:, rows, cols], uncond=np.s_[:0])  # np.s_[i]: the index i itself
-    if task not in region:
-        raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
-    given[region[task]] = True
-    given = ~given if task == 'ipc' else given  # inpainting generates the box that outpainting gives
-    if task != 'uncond' and (given.all() or not given.any() or n_given < 1):
-        raise ValueError(f"task {task!r} (n_given={n_given}) on a {t}x{h}x{w} latent grid leaves nothing to "
-                         f"{'generate' if given.all() else 'condition on'}: use a larger grid or another task")
-    return given
-
-
-def schedule_mask(given, r):
-    """MaskGIT's mask, given (B, L) bool, r (B,) in [0, 1) -> (B, L): max(1, ceil(N cos(pi r / 2))) of N not given."""
-    n = (~given).sum(1)                                                                        # (B,) N
-    n_mask = torch.ceil(n * torch.cos(math.pi / 2 * r)).long().clamp(min=1).minimum(n)      # (B,)
-    rank = torch.rand(given.shape, device=given.device).masked_fill(given, 2.0).argsort(1).argsort(1)
-    return rank < n_mask[:, None]  # the n_mask lowest random scores; given tokens score 2 and come last
-
-
-def draw_task_masks(tasks, latent_shape, B, device=None):
-    """(B, L) bool given tokens: one task per video drawn from `tasks`; 'fp' gives 1..t-1 latent frames at random."""
-    picks = torch.randint(len(tasks), (B,)).tolist()
-    n_given = torch.randint(1, max(2, latent_shape[0]), (B,)).tolist()
-    return torch.stack([task_mask(tasks[k], latent_shape, n).flatten() for k, n in zip(picks, n_given)]).to(device)
-
-
-@dataclass
-class GPTConfig:
-    n_codes: int = 512                  # K, the VQ-VAE's codebook size
-    latent_shape: tuple = (4, 16, 16)   # (t, h, w) of the VQ-VAE's codes
-    n_layer: int = 8
-    n_head: int = 4
-    n_embd: int = 192                   # D
-    dropout: float = 0.1                # on the residual paths
-    attn_dropout: float = 0.0           # on the attention weights
-    causal: bool = True                 # False: bidirectional, for masked (MAGVIT-style) parallel decoding
-    n_cond_frames: int = 0              # > 0: cross-attend to a 3D ResNet over this many pixel frames
-    frame_channels: int = 1             # C of the conditioning frames
-    frame_size: int = 64                # H = W of the conditioning frames (a multiple of 8)
-    frame_width: int = 128              # channels of the frame encoder's 3D ResNet
-    cond_dim: int = 0                   # > 0: conditional LayerNorm on a (B, cond_dim) vector (class, actions)
-    cond_dropout: float = 0.0           # train on the null (all-zero) vector this often: enables sample(guidance=)
-    fast_attention: bool = True         # False: the explicit-softmax reference path (for tests and teaching)
-    tasks: tuple = ('uncond',)          # masked priors: the MAGVIT tasks trained on, each video draws one (TASKS)
-
-    def __post_init__(self):
-        self.latent_shape, self.tasks = tuple(self.latent_shape), tuple(self.tasks)
-        if self.causal and self.tasks != ('uncond',):
-            raise ValueError(f"tasks={self.tasks} need a masked prior: set causal=False (causal ones learn prefixes)")
-        for task in self.tasks:
-            task_mask(task, self.latent_shape)  # raises for an unknown task or one this grid cannot pose
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        if self.cond_dropout and not (self.cond_dim and 0 < self.cond_dropout <= 1):
-            raise ValueError(f"cond_dropout={self.cond_dropout} needs cond_dim > 0 and a value in (0, 1], e.g. 0.1")
-        if self.n_cond_frames and self.frame_size % 8:
-            raise ValueError(f"frame_size={self.frame_size} must be a multiple of 8 (the frame encoder halves it 3x)")
-
-    @property
-    def block_size(self):
-        return math.prod(self.latent_shape)  # L
+def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """(B, K) logits -> (B,) token ids, drawn after temperature, top-k and nucleus (top-p) filtering."""
+    if not (temperature >= 0 and math.isfinite(temperature)) or (top_k is not None and top_k < 1) or \
+            (top_p is not None and not 0 < top_p <= 1):
+        raise ValueError(f"temperature={temperature}, top_k={top_k}, top_p={top_p}: use temperature >= 0 (0: "
+                         "greedy), top_k >= 1 and top_p in (0, 1], or None to switch a filter off")
+    logits = logits / max(temperature, 1e-6)  # temperature 0 would divide by zero; this is greedy in effect
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float('-inf'))
+    if top_p is not None:  # keep the smallest set of tokens whose probabilities sum to >= top_p (Holtzman et al. 2020)
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # tokens entirely beyond the nucleus; the top one stays
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float('-inf'))
+    # Inverse-CDF sampling: one uniform number per row against the cumulative probabilities, the same draw as
+    # torch.multinomial at a quarter of its cost on a CPU (RESULTS.md).
+    cdf = logits.softmax(-1).cumsum(-1)  # (B, K)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)[:, 0]
 
 
 class VideoGPT(nn.Module):
@@ -579,41 +528,6 @@ class VideoGPT(nn.Module):
         if isinstance(m, CondLayerNorm):  # after its Linears (apply visits children first): undo their init
             m.init_identity()
 
-    # -- inputs ---------------------------------------------------------------------------------------------------
-    def _check(self, codes=None, frames=None, cond=None, batch=None):
-        """Validate the inputs; returns frames and cond (a float (B, cond_dim) vector) in the weights' dtype."""
-        cfg = self.config
-        if codes is not None:  # masked decoding may pass the [MASK] id K among the codes
-            check_codes(codes, cfg.latent_shape, cfg.n_codes + (not cfg.causal), ": build the prior with GPTConfig("
-                        "n_codes=vqvae.config.n_codes, latent_shape=vqvae.config.latent_shape)")
-            batch = codes.shape[0]
-        if cfg.n_cond_frames:
-            want = (batch, cfg.frame_channels, cfg.n_cond_frames, cfg.frame_size, cfg.frame_size)
-            if frames is None or tuple(frames.shape) != want:
-                raise ValueError(f"this prior is frame-conditioned: pass frames as a float tensor of shape {want} "
-                                 f"in [-0.5, 0.5], got {None if frames is None else tuple(frames.shape)}")
-            check_pixels(frames, 'frames')
-            frames = frames.to(self.sos.dtype)
-        elif frames is not None:
-            raise ValueError("frames were given but n_cond_frames=0: build the prior with GPTConfig(n_cond_frames > 0)")
-        if cfg.cond_dim:
-            if cond is None:
-                raise ValueError(f"vector-conditioned prior: pass cond ({batch}, {cfg.cond_dim}) or int labels (B,)")
-            if not cond.is_floating_point():  # class labels -> one-hot vectors
-                if cond.shape != (batch,) or cond.min() < 0 or cond.max() >= cfg.cond_dim:
-                    raise ValueError(f"class labels must be ({batch},) in [0, {cfg.cond_dim}), got {tuple(cond.shape)}")
-                cond = F.one_hot(cond.long(), cfg.cond_dim).float()
-            cond = cond.reshape(cond.shape[0], -1)  # BAIR's (B, T, 4) actions are flattened to (B, 4T)
-            if cond.shape != (batch, cfg.cond_dim):
-                raise ValueError(f"cond must be ({batch}, {cfg.cond_dim}), got {tuple(cond.shape)}: set "
-                                 "GPTConfig(cond_dim=) to its size")
-            if not torch.isfinite(cond).all():
-                raise ValueError("cond holds NaN or inf values: check the actions or labels it came from")
-            cond = cond.to(self.sos.dtype)
-        elif cond is not None:
-            raise ValueError("cond was given but GPTConfig.cond_dim is 0: build the prior with cond_dim > 0")
-        return frames, cond
-
     def _frame_kv(self, frames):
         """Cross-attention keys and values of each block for the conditioning frames, or Nones."""
         if frames is None:
@@ -621,84 +535,48 @@ class VideoGPT(nn.Module):
         ctx = self.frame_encoder(frames)  # (B, S, D)
         return [block.xattn.keys_values(ctx) for block in self.blocks]
 
-    # -- training -------------------------------------------------------------------------------------------------
+    def _trunk(self, x, cond, frame_kv, caches=None, pos=0):
+        for i, block in enumerate(self.blocks):
+            x = block(x, cond, frame_kv[i], None if caches is None else caches[i], pos)
+        return self.ln_f(x, cond)
+
     def forward(self, codes, frames=None, cond=None, mask=None):
         """codes (B, t, h, w) -> logits (B, t, h, w, K), mean cross-entropy (nats) of code i given codes < i, or, if
         not causal, of the codes where mask (B, t, h, w) is True, made [MASK] (default: a task, then schedule_mask)."""
-        frames, cond = self._check(codes, frames, cond)
+        frames, cond = check_prior_inputs(self, codes, frames, cond)
         codes = codes.long()  # int32 codes are accepted; embeddings and the loss take int64
         cfg, B = self.config, codes.shape[0]
         if self.training and cfg.cond_dropout and cond is not None:  # classifier-free guidance (Ho & Salimans 2022)
             # One model for p(x | c) and p(x): some videos get the null condition, a zero vector (CondLayerNorm biases).
             cond = cond * (torch.rand(B, 1, device=cond.device) >= cfg.cond_dropout)
         tokens = rearrange(codes, 'B t h w -> B (t h w)')
-        if cfg.causal:
-            # Shift right by one: the start token first, the last code never goes in.
+        if cfg.causal:  # shift right by one: the start token first, the last code never goes in
             x, target = torch.cat([self.sos.expand(B, 1, -1), self.tok_emb(tokens[:, :-1])], dim=1), tokens
-        else:
-            if mask is None:  # one task per video, then the schedule masks among the tokens it does not give
-                given = draw_task_masks(cfg.tasks, cfg.latent_shape, B, codes.device)
-                mask = schedule_mask(given, torch.rand(B, device=codes.device))
-            else:
-                mask = rearrange(mask, 'B t h w -> B (t h w)')
-            # MAGVIT's COMMIT mixes given tokens into [MASK] ones against copying; with only real codes given, no gain.
-            x = self.tok_emb(tokens.masked_fill(mask, cfg.n_codes))  # given tokens go in as plain code embeddings
-            target = tokens.masked_fill(~mask, -100)  # -100: ignored by cross_entropy, so only masked tokens count
+        else:  # MAGVIT, below: [MASK] in place of some codes, the loss on those only
+            x, target = masked_inputs(self, tokens, mask)
         x = self.drop(x + rearrange(self.pos_emb(), 't h w D -> (t h w) D'))
         logits = self.head(self._trunk(x, cond, self._frame_kv(frames)))
         loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100)
         return logits.view(*codes.shape, cfg.n_codes), loss
 
-    def _trunk(self, x, cond, frame_kv, caches=None, pos=0):
-        for i, block in enumerate(self.blocks):
-            x = block(x, cond, frame_kv[i], None if caches is None else caches[i], pos)
-        return self.ln_f(x, cond)
-
-    # -- sampling -------------------------------------------------------------------------------------------------
-    def _check_sampling(self, n, frames, cond, given, given_mask):
-        """_check's frames and cond for n samples, then given (n, L) int64 and given_mask (n, L) bool, or Nones."""
-        frames, cond = self._check(None, frames, cond, batch=n)
-        if given is None and given_mask is None:
-            return frames, cond, None, None
-        cfg, shape = self.config, self.config.latent_shape
-        if given is None or given_mask is None:
-            raise ValueError("pass both given (n, t, h, w) codes (VQVAE.encode) and given_mask (task_mask('fp', ...))")
-        check_codes(given, shape, cfg.n_codes, ": given holds a video's codes from VQVAE.encode")
-        if given.shape[0] != n:
-            raise ValueError(f"given holds {given.shape[0]} code grids for n={n} samples: pass one per sample")
-        if given_mask.dtype != torch.bool or given_mask.shape not in ((*shape,), (n, *shape)):
-            raise ValueError(f"given_mask must be a bool tensor {shape} or {(n, *shape)}, got {given_mask.dtype} "
-                             f"{tuple(given_mask.shape)}: build one with task_mask(task, latent_shape)")
-        given, given_mask = given.long().reshape(n, -1), given_mask.to(given.device).expand(n, *shape).reshape(n, -1)
-        p = int(given_mask[0].sum())
-        if cfg.causal and not (given_mask[:, :p].all() and not given_mask[:, p:].any()):
-            raise ValueError("causal priors continue a shared raster-order prefix only; else GPTConfig(causal=False)")
-        return frames, cond, given, given_mask
-
     @torch.no_grad()
     def sample(self, n, frames=None, cond=None, temperature=1.0, top_k=None, top_p=None, generator=None,
                return_logits=False, guidance=1.0, given=None, given_mask=None, steps=None, n_latent_frames=None):
-        """n code grids (n, t, h, w) int64, by KV-cached steps (causal) or sample_masked (steps, default 12); top_k=1 is
-        greedy; return_logits adds (n, t, h, w, K); guidance g: u + g (c - u) (needs cond_dropout); given codes stay
-        where given_mask (t, h, w) or (n, t, h, w) is True (causal: a prefix); n_latent_frames > t: sample_long."""
+        """n code grids (n, t, h, w) int64, a token a step with a KV cache. top_k=1: greedy; return_logits adds (n, t,
+        h, w, K); guidance g: logits u + g (c - u); given codes stay where given_mask (t, h, w) or (n, t, h, w) is True
+        (a prefix). n_latent_frames > t: sample_long; masked priors: sample_masked in `steps` passes."""
+        knobs = dict(temperature=temperature, generator=generator, given=given, given_mask=given_mask)
         if n_latent_frames not in (None, self.config.latent_shape[0]):
-            return self.sample_long(n, n_latent_frames, frames, cond, temperature=temperature, top_k=top_k, top_p=top_p,
-                                    generator=generator, guidance=guidance, given=given, given_mask=given_mask,
-                                    steps=steps)
+            return self.sample_long(n, n_latent_frames, frames, cond, top_k=top_k, top_p=top_p, guidance=guidance,
+                                    steps=steps, **knobs)
         if not self.config.causal:
             if top_k is not None or top_p is not None or return_logits or guidance != 1.0:
                 raise ValueError("top_k, top_p, return_logits, guidance: causal priors only; see sample_masked")
-            return self.sample_masked(n, frames, cond, 12 if steps is None else steps, temperature,
-                                      generator=generator, given=given, given_mask=given_mask)
-        if steps is not None:
-            raise ValueError("steps counts the passes of masked decoding; a causal prior takes one step per token")
-        frames, cond, given, given_mask = self._check_sampling(n, frames, cond, given, given_mask)
-        cfg, L = self.config, self.config.block_size
-        p = 0 if given is None else int(given_mask[0].sum())  # the given prefix's length
-        guided, was_training = guidance != 1.0, self.training
+            return self.sample_masked(n, frames, cond, 12 if steps is None else steps, **knobs)
+        frames, cond, given, given_mask = check_sampling_inputs(
+            self, n, frames, cond, given, given_mask, steps, guidance)
+        cfg, L, guided, was_training = self.config, self.config.block_size, guidance != 1.0, self.training
         if guided:  # one batch of 2n: the n videos under their condition, then under the null condition
-            if not cfg.cond_dropout:
-                raise ValueError("guidance needs the null condition learned: train the prior with cond_dropout=0.1")
             cond = torch.cat([cond, torch.zeros_like(cond)])
             frames = None if frames is None else torch.cat([frames, frames])
         self.eval()
@@ -706,12 +584,9 @@ class VideoGPT(nn.Module):
         caches = [torch.empty(2, n * (1 + guided), cfg.n_head, L, hd, device=dev, dtype=dtype) for _ in self.blocks]
         frame_kv = self._frame_kv(frames)  # the frames' features: computed once, not once per token
         pos_emb = rearrange(self.pos_emb(), 't h w D -> (t h w) D')
-        codes = torch.empty(n, L, dtype=torch.long, device=dev)
         all_logits = torch.empty(n, L, cfg.n_codes, device=dev) if return_logits else None
-        x, start = self.sos.expand(n * (1 + guided), 1, -1), 0  # the cache holds positions < start
-        if p:  # the given prefix goes in as one chunk: its keys and values fill the cache in a single pass
-            codes[:, :p] = given[:, :p]
-            x = torch.cat([x, self.tok_emb(torch.cat([given[:, :p]] * (1 + guided)))], dim=1)
+        codes, x, p = self._prefix(n, given, given_mask, guided)
+        start = 0  # the cache holds positions < start
         for i in range(p, L):
             h = self._trunk(x + pos_emb[start:i + 1], cond, frame_kv, caches, pos=start)  # (n or 2n, i+1-start, D)
             logits = self.head(h if return_logits else h[:, -1:]).float()  # (n or 2n, i+1-start or 1, K)
@@ -727,72 +602,301 @@ class VideoGPT(nn.Module):
         codes = codes.view(n, *cfg.latent_shape)
         return (codes, all_logits.view(*codes.shape, -1)) if return_logits else codes
 
-    @torch.no_grad()
-    def sample_long(self, n, n_latent_frames, frames=None, cond=None, **sampling):
-        """(n, n_latent_frames, h, w) codes past the window t by TATS's sliding window; frames, cond: every window."""
-        t, shape = self.config.latent_shape[0], self.config.latent_shape
-        if t < 2 or n_latent_frames < t:
-            raise ValueError(f"n_latent_frames={n_latent_frames}: sliding needs a prior of at least 2 latent frames "
-                             f"(this one has {t}) and at least {t} frames")
-        codes = self.sample(n, frames, cond, **sampling)  # given tokens, if any, apply to this first window only
-        out, context = [codes], task_mask('fp', shape, n_given=t - 1)
-        for _ in range(n_latent_frames - t):  # one latent frame per slide, the last t - 1 re-encoded: positions shift
-            codes = self.sample(n, frames, cond, **dict(sampling, given=codes.roll(-1, dims=1), given_mask=context))
-            out.append(codes[:, -1:])  # roll: the last t - 1 frames move to the front; the wrapped one is replaced
-        return torch.cat(out, dim=1)
-
-    @torch.no_grad()
-    def sample_masked(self, n, frames=None, cond=None, steps=12, temperature=1.0, choice_temperature=4.5,
-                      generator=None, given=None, given_mask=None):
-        """(n, t, h, w) codes by MaskGIT decoding (Chang et al. 2022), `steps` passes, causal=False; given ones stay."""
-        if self.config.causal:
-            raise ValueError("sample_masked needs a bidirectional prior: build it with GPTConfig(causal=False)")
-        if not (isinstance(steps, int) and steps >= 1):
-            raise ValueError(f"steps must be a positive integer (12 is MaskGIT's choice), got {steps!r}")
-        frames, cond, given, given_mask = self._check_sampling(n, frames, cond, given, given_mask)
-        cfg, L, was_training = self.config, self.config.block_size, self.training
-        self.eval()
-        dev, MASK = self.sos.device, cfg.n_codes
-        tokens = torch.full((n, L), MASK, dtype=torch.long, device=dev)
-        if given is not None:
-            tokens = torch.where(given_mask, given.to(dev), tokens)
-        n_unknown = (tokens == MASK).sum(1)                                            # (n,)
-        frame_kv, pos_emb = self._frame_kv(frames), rearrange(self.pos_emb(), 't h w D -> (t h w) D')
-        for s in range(steps):
-            masked = tokens == MASK
-            logits = self.head(self._trunk(self.tok_emb(tokens) + pos_emb, cond, frame_kv)).float()  # (n, L, K)
-            draw = sample_logits(logits.view(n * L, -1), temperature, generator=generator).view(n, L)
-            logp = F.log_softmax(logits / max(temperature, 1e-6), -1).gather(-1, draw[..., None])[..., 0]
-            # MaskGIT's confidence, log p + Gumbel noise annealed to 0: early steps commit to more varied positions.
-            u = torch.rand(n, L, generator=generator, device=dev).clamp_(1e-20, 1 - 1e-7)  # log(0) is -inf
-            noise = -torch.log(-torch.log(u)) * choice_temperature * (1 - (s + 1) / steps)
-            confidence = (logp + noise).masked_fill(~masked, float('inf'))  # decided tokens are never re-masked
-            tokens = torch.where(masked, draw, tokens)
-            n_keep = (n_unknown * math.cos(math.pi / 2 * (s + 1) / steps)).floor().long()  # (n,), 0 at the end
-            remask = confidence.argsort(1).argsort(1) < n_keep[:, None]  # the n_keep least confident, per video
-            tokens = tokens.masked_fill(remask, MASK)
-        self.train(was_training)
-        return tokens.view(n, *cfg.latent_shape)
+    def _prefix(self, n, given, given_mask, guided):
+        """(codes (n, L) with the given raster prefix filled in, the first input tokens, the prefix's length p): the
+        start token, then the prefix, go in as one chunk, so its keys and values fill the cache in a single pass."""
+        codes, x = torch.empty(n, self.config.block_size, dtype=torch.long, device=self.sos.device), self.sos
+        x, p = x.expand(n * (1 + guided), 1, -1), 0 if given is None else int(given_mask[0].sum())
+        if p:
+            codes[:, :p] = given[:, :p]
+            x = torch.cat([x, self.tok_emb(given[:, :p].repeat(1 + guided, 1))], dim=1)
+        return codes, x, p
 
 
-def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """(B, K) logits -> (B,) token ids, drawn after temperature, top-k and nucleus (top-p) filtering."""
-    if not (temperature >= 0 and math.isfinite(temperature)) or (top_k is not None and top_k < 1) or \
-            (top_p is not None and not 0 < top_p <= 1):
-        raise ValueError(f"temperature={temperature}, top_k={top_k}, top_p={top_p}: use temperature >= 0 (0: "
-                         "greedy), top_k >= 1 and top_p in (0, 1], or None to switch a filter off")
-    logits = logits / max(temperature, 1e-6)  # temperature 0 would divide by zero; this is greedy in effect
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float('-inf'))
-    if top_p is not None:  # keep the smallest set of tokens whose probabilities sum to >= top_p (Holtzman et al. 2020)
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p  # tokens entirely beyond the nucleus; the top one stays
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float('-inf'))
-    cdf = logits.softmax(-1).cumsum(-1)  # (B, K): inverse-CDF sampling, torch.multinomial's draws at 1/4 of the cost
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)[:, 0]
+# ------------------------------------------------------------------------------------------------------------------
+# MAGVIT (Yu et al. 2023): a bidirectional prior (causal=False) trained on tasks, decoded in parallel (MaskGIT)
+
+TASKS = dict(fp='frame prediction: the first n_given latent frames', fi='frame interpolation: the first and last',
+             opc='central outpainting: a central box', oph='horizontal outpainting: a central vertical band',
+             opv='vertical outpainting: a central horizontal band', ipc='central inpainting: all but a central box',
+             uncond='unconditional generation: nothing')
+
+
+def task_mask(task, latent_shape, n_given=1):
+    """(t, h, w) bool, True where `task` (TASKS) gives the tokens; boxes and bands span the central half of an axis."""
+    t, h, w = latent_shape
+    given = torch.zeros(latent_shape, dtype=torch.bool)  # as in MAGVIT, 'opc' gives a quarter of each frame
+    rows, cols = slice((h - h // 2) // 2, (h + h // 2) // 2), slice((w - w // 2) // 2, (w + w // 2) // 2)
+    region = dict(fp=np.s_[:n_given], fi=np.s_[[0, -1]], opc=np.s_[:, rows, cols], oph=np.s_[:, :, cols],
+                  opv=np.s_[:, rows], ipc=np.s_[:, rows, cols], uncond=np.s_[:0])  # np.s_[i]: the index i itself
+    if task not in region:
+        raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
+    given[region[task]] = True
+    given = ~given if task == 'ipc' else given  # inpainting generates the box that outpainting gives
+    if task != 'uncond' and (given.all() or not given.any() or n_given < 1):
+        raise ValueError(f"task {task!r} (n_given={n_given}) on a {t}x{h}x{w} latent grid leaves nothing to "
+                         f"{'generate' if given.all() else 'condition on'}: use a larger grid or another task")
+    return given
+
+
+def draw_task_masks(tasks, latent_shape, B, device=None):
+    """(B, L) bool given tokens: one task per video drawn from `tasks`; 'fp' gives 1..t-1 latent frames at random."""
+    picks = torch.randint(len(tasks), (B,)).tolist()
+    n_given = torch.randint(1, max(2, latent_shape[0]), (B,)).tolist()
+    return torch.stack([task_mask(tasks[k], latent_shape, n).flatten() for k, n in zip(picks, n_given)]).to(device)
+
+
+def lowest(scores, n):
+    """(B, L) bool, True at each row's n[b] lowest scores. argsort gives the order, a second argsort each entry's
+    rank in it (0 = lowest): a per-row top-n without a loop over the batch, where n differs from row to row."""
+    return scores.argsort(1).argsort(1) < n[:, None]
+
+
+def schedule_mask(given, r):
+    """MaskGIT's mask, given (B, L) bool, r (B,) in [0, 1) -> (B, L): max(1, ceil(N cos(pi r / 2))) of N not given."""
+    n = (~given).sum(1)                                                                        # (B,) N
+    n_mask = torch.ceil(n * torch.cos(math.pi / 2 * r)).long().clamp(min=1).minimum(n)      # (B,)
+    # Random scores, given tokens scored 2 so that they rank last: the mask falls on n_mask tokens not given.
+    return lowest(torch.rand(given.shape, device=given.device).masked_fill(given, 2.0), n_mask)
+
+
+def masked_inputs(gpt, tokens, mask=None):
+    """Training inputs of a masked prior: tokens (B, L) -> (embeddings (B, L, D), targets (B, L), -100 = no loss).
+    mask (B, t, h, w) True where a token becomes [MASK]; by default a task per video, then schedule_mask."""
+    cfg, B = gpt.config, tokens.shape[0]
+    if mask is None:
+        mask = schedule_mask(draw_task_masks(cfg.tasks, cfg.latent_shape, B, tokens.device),
+                             torch.rand(B, device=tokens.device))
+    else:
+        mask = rearrange(mask, 'B t h w -> B (t h w)')
+    # MAGVIT's COMMIT mixes given tokens into [MASK] ones against copying; with only real codes given, no gain.
+    x = gpt.tok_emb(tokens.masked_fill(mask, cfg.n_codes))  # given tokens go in as plain code embeddings
+    return x, tokens.masked_fill(~mask, -100)  # cross_entropy ignores -100: only masked tokens count
+
+
+@torch.no_grad()
+def sample_masked(gpt, n, frames=None, cond=None, steps=12, temperature=1.0, choice_temperature=4.5,
+                  generator=None, given=None, given_mask=None):
+    """(n, t, h, w) codes by MaskGIT decoding (Chang et al. 2022), `steps` passes, causal=False; given ones stay.
+    Also a method: gpt.sample_masked(n, ...)."""
+    if gpt.config.causal:
+        raise ValueError("sample_masked needs a bidirectional prior: build it with GPTConfig(causal=False)")
+    frames, cond, given, given_mask = check_sampling_inputs(gpt, n, frames, cond, given, given_mask, steps=steps)
+    cfg, L, was_training = gpt.config, gpt.config.block_size, gpt.training
+    gpt.eval()
+    dev, MASK = gpt.sos.device, cfg.n_codes
+    tokens = torch.full((n, L), MASK, dtype=torch.long, device=dev)
+    if given is not None:
+        tokens = torch.where(given_mask, given.to(dev), tokens)
+    n_unknown = (tokens == MASK).sum(1)                                            # (n,)
+    frame_kv, pos_emb = gpt._frame_kv(frames), rearrange(gpt.pos_emb(), 't h w D -> (t h w) D')
+    for s in range(steps):
+        masked = tokens == MASK
+        logits = gpt.head(gpt._trunk(gpt.tok_emb(tokens) + pos_emb, cond, frame_kv)).float()  # (n, L, K)
+        draw = sample_logits(logits.view(n * L, -1), temperature, generator=generator).view(n, L)
+        logp = F.log_softmax(logits / max(temperature, 1e-6), -1).gather(-1, draw[..., None])[..., 0]
+        # MaskGIT's confidence, log p + Gumbel noise annealed to 0: early steps commit to more varied positions.
+        u = torch.rand(n, L, generator=generator, device=dev).clamp_(1e-20, 1 - 1e-7)  # log(0) is -inf
+        noise = -torch.log(-torch.log(u)) * choice_temperature * (1 - (s + 1) / steps)
+        confidence = (logp + noise).masked_fill(~masked, float('inf'))  # decided tokens are never re-masked
+        tokens = torch.where(masked, draw, tokens)
+        n_keep = (n_unknown * math.cos(math.pi / 2 * (s + 1) / steps)).floor().long()  # (n,), 0 at the end
+        tokens = tokens.masked_fill(lowest(confidence, n_keep), MASK)  # the n_keep least confident go back
+    gpt.train(was_training)
+    return tokens.view(n, *cfg.latent_shape)
+
+
+VideoGPT.sample_masked = sample_masked  # gpt.sample_masked(n, ...): VideoGPT.sample hands masked priors to it
+
+
+# ==================================================================================================================
+# PART II. TOOLS
+# ==================================================================================================================
+# Input checks: every error names the fix. The models call these in one line at the top of forward and sample.
+
+def check_pixels(x, what='video'):
+    """Raise a clear error unless x is a non-empty float tensor of finite values in [-0.5, 0.5]."""
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise TypeError(f"{what} must be a float tensor in [-0.5, 0.5], got {getattr(x, 'dtype', type(x))}: for "
+                        "uint8 frames use x.float() / 255 - 0.5")
+    if not x.numel():
+        raise ValueError(f"{what} is empty (shape {tuple(x.shape)}): pass at least one video")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} holds NaN or inf values: check the data pipeline that made it")
+    lo, hi = torch.aminmax(x.detach())
+    if lo < -0.501 or hi > 0.501:  # a little slack for resampling overshoot
+        raise ValueError(f"{what} values must lie in [-0.5, 0.5], got [{lo:.3f}, {hi:.3f}]: "
+                         "for uint8 frames use x / 255 - 0.5, for [-1, 1] data use x / 2")
+
+
+def check_video(cfg, x):
+    """x, after checking its shape, channels and sizes against VQVAEConfig cfg and its values (check_pixels)."""
+    check_pixels(x)
+    if x.ndim != 5:
+        raise ValueError(f"video must be (B, C, T, H, W), got {tuple(x.shape)}: use x[None] or x[:, None] (grey)")
+    if x.shape[1] != cfg.in_channels:
+        raise ValueError(f"video has {x.shape[1]} channels but the model was built for {cfg.in_channels}: "
+                         f"set VQVAEConfig(in_channels={x.shape[1]}) or convert the video; channels go on axis 1")
+    T, H, W = x.shape[2:]  # the config's sizes are divisible by the downsample factors (VQVAEConfig checks)
+    if (T, H, W) != (cfg.sequence_length, cfg.resolution, cfg.resolution):  # the position embeddings' size
+        raise ValueError(f"video is {T}x{H}x{W} but the model was built for {cfg.sequence_length}x{cfg.resolution}"
+                         f"x{cfg.resolution}: crop or resize the video, or build a VQVAEConfig for this size")
+    return x
+
+
+def check_codes(codes, latent_shape, n_codes, hint=""):
+    """Raise a clear error unless codes is an integer tensor (B, *latent_shape) with values in [0, n_codes)."""
+    if not torch.is_tensor(codes) or codes.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"codes must be an int64 tensor from VQVAE.encode, got {getattr(codes, 'dtype', type(codes))}")
+    if codes.ndim != 4 or tuple(codes.shape[1:]) != tuple(latent_shape) or not len(codes):
+        raise ValueError(f"codes must be (B, {', '.join(map(str, latent_shape))}) with B >= 1, got "
+                         f"{tuple(codes.shape)}{hint}")
+    if codes.numel() and (codes.min() < 0 or codes.max() >= n_codes):
+        raise ValueError(f"codes must lie in [0, {n_codes}), got [{codes.min()}, {codes.max()}]{hint}")
+
+
+def check_prior_inputs(gpt, codes=None, frames=None, cond=None, batch=None):
+    """The prior's inputs checked; returns frames and cond (a float (B, cond_dim) vector) in the weights' dtype."""
+    cfg, dtype = gpt.config, gpt.sos.dtype
+    if codes is not None:  # masked decoding may pass the [MASK] id K among the codes
+        check_codes(codes, cfg.latent_shape, cfg.n_codes + (not cfg.causal), ": build the prior with GPTConfig("
+                    "n_codes=vqvae.config.n_codes, latent_shape=vqvae.config.latent_shape)")
+        batch = codes.shape[0]
+    if cfg.n_cond_frames:
+        want = (batch, cfg.frame_channels, cfg.n_cond_frames, cfg.frame_size, cfg.frame_size)
+        if frames is None or tuple(frames.shape) != want:
+            raise ValueError(f"this prior is frame-conditioned: pass frames as a float tensor of shape {want} "
+                             f"in [-0.5, 0.5], got {None if frames is None else tuple(frames.shape)}")
+        check_pixels(frames, 'frames')
+        frames = frames.to(dtype)
+    elif frames is not None:
+        raise ValueError("frames were given but n_cond_frames=0: build the prior with GPTConfig(n_cond_frames > 0)")
+    if cfg.cond_dim:
+        if cond is None:
+            raise ValueError(f"vector-conditioned prior: pass cond ({batch}, {cfg.cond_dim}) or int labels (B,)")
+        if not cond.is_floating_point():  # class labels -> one-hot vectors
+            if cond.shape != (batch,) or cond.min() < 0 or cond.max() >= cfg.cond_dim:
+                raise ValueError(f"class labels must be ({batch},) in [0, {cfg.cond_dim}), got {tuple(cond.shape)}")
+            cond = F.one_hot(cond.long(), cfg.cond_dim).float()
+        cond = cond.reshape(cond.shape[0], -1)  # BAIR's (B, T, 4) actions are flattened to (B, 4T)
+        if cond.shape != (batch, cfg.cond_dim):
+            raise ValueError(f"cond must be ({batch}, {cfg.cond_dim}), got {tuple(cond.shape)}: set "
+                             "GPTConfig(cond_dim=) to its size")
+        if not torch.isfinite(cond).all():
+            raise ValueError("cond holds NaN or inf values: check the actions or labels it came from")
+        cond = cond.to(dtype)
+    elif cond is not None:
+        raise ValueError("cond was given but GPTConfig.cond_dim is 0: build the prior with cond_dim > 0")
+    return frames, cond
+
+
+def check_sampling_inputs(gpt, n, frames, cond, given, given_mask, steps=None, guidance=1.0):
+    """check_prior_inputs' frames and cond for n samples, then given (n, L) int64 and given_mask (n, L) bool, or
+    Nones; steps and guidance against the kind of prior."""
+    cfg, shape = gpt.config, gpt.config.latent_shape
+    if cfg.causal and steps is not None:
+        raise ValueError("steps counts the passes of masked decoding; a causal prior takes one step per token")
+    if not cfg.causal and not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be a positive integer (12 is MaskGIT's choice), got {steps!r}")
+    if cfg.causal and guidance != 1.0 and not cfg.cond_dropout:
+        raise ValueError("guidance needs the null condition learned: train the prior with cond_dropout=0.1")
+    frames, cond = check_prior_inputs(gpt, None, frames, cond, batch=n)
+    if given is None and given_mask is None:
+        return frames, cond, None, None
+    if given is None or given_mask is None:
+        raise ValueError("pass both given (n, t, h, w) codes (VQVAE.encode) and given_mask (task_mask('fp', ...))")
+    check_codes(given, shape, cfg.n_codes, ": given holds a video's codes from VQVAE.encode")
+    if given.shape[0] != n:
+        raise ValueError(f"given holds {given.shape[0]} code grids for n={n} samples: pass one per sample")
+    if given_mask.dtype != torch.bool or given_mask.shape not in ((*shape,), (n, *shape)):
+        raise ValueError(f"given_mask must be a bool tensor {shape} or {(n, *shape)}, got {given_mask.dtype} "
+                         f"{tuple(given_mask.shape)}: build one with task_mask(task, latent_shape)")
+    given, given_mask = given.long().reshape(n, -1), given_mask.to(given.device).expand(n, *shape).reshape(n, -1)
+    p = int(given_mask[0].sum())
+    if cfg.causal and not (given_mask[:, :p].all() and not given_mask[:, p:].any()):
+        raise ValueError("causal priors continue a shared raster-order prefix only; else GPTConfig(causal=False)")
+    return frames, cond, given, given_mask
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Long videos: past the window by a sliding window (TATS, Ge et al. 2022), not in either paper
+
+def decode_long(vqvae, codes):
+    """codes (B, t', h, w), t' > t -> (B, C, t' * d, H, W), each frame from the window it is most central in."""
+    t, d, n = vqvae.config.latent_shape[0], vqvae.config.downsample[0], codes.shape[1]
+    starts = sorted(set(range(0, n - t, max(1, t // 2))) | {n - t})  # half-overlapping: context on both sides
+    windows = [vqvae.decode(codes[:, s:s + t]) for s in starts]
+    frames = []
+    for i in range(n):  # the window whose centre is nearest latent frame i
+        k = min((k for k, s in enumerate(starts) if s <= i < s + t), key=lambda k: abs(starts[k] + (t - 1) / 2 - i))
+        frames.append(windows[k][:, :, (i - starts[k]) * d:(i - starts[k] + 1) * d])
+    return torch.cat(frames, dim=2)
+
+
+@torch.no_grad()
+def sample_long(gpt, n, n_latent_frames, frames=None, cond=None, **sampling):
+    """(n, n_latent_frames, h, w) codes past the window t by TATS's sliding window; frames, cond: every window."""
+    t, shape = gpt.config.latent_shape[0], gpt.config.latent_shape
+    if t < 2 or n_latent_frames < t:
+        raise ValueError(f"n_latent_frames={n_latent_frames}: sliding needs a prior of at least 2 latent frames "
+                         f"(this one has {t}) and at least {t} frames")
+    codes = gpt.sample(n, frames, cond, **sampling)  # given tokens, if any, apply to this first window only
+    out, context = [codes], torch.zeros(shape, dtype=torch.bool, device=codes.device)
+    context[:t - 1] = True  # the window's first t - 1 latent frames are given, its last one is sampled
+    for _ in range(n_latent_frames - t):  # one latent frame per slide, the last t - 1 re-encoded: positions shift
+        codes = gpt.sample(n, frames, cond, **dict(sampling, given=codes.roll(-1, dims=1), given_mask=context))
+        out.append(codes[:, -1:])  # roll: the last t - 1 frames move to the front; the wrapped one is replaced
+    return torch.cat(out, dim=1)
+
+
+VQVAE.decode_long, VideoGPT.sample_long = decode_long, sample_long  # methods too: vqvae.decode and gpt.sample use them
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Sampling to files, frame prediction and completion
+
+@torch.no_grad()
+def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed=0, nrow=None, vqvae_path='',
+                  **sampling):
+    """Sample n videos from a prior checkpoint and its VQ-VAE (find_vqvae) and write a GIF/MP4."""
+    device = setup_device()[0]
+    gpt = load_model(gpt_path, 'gpt').to(device)
+    vqvae = load_model(find_vqvae(gpt_path, vqvae_path), 'vqvae').to(device)
+    to = (lambda x: x if x is None else x.to(device))
+    codes = gpt.sample(n, to(frames), to(cond), generator=torch.Generator(device).manual_seed(seed), **sampling)
+    video = vqvae.decode(codes).clamp(-0.5, 0.5).cpu()
+    if frames is not None:  # show the given conditioning frames in place of their reconstruction
+        video[:, :, :frames.shape[2]] = frames
+    data.save_video_grid(video, out, nrow=nrow)
+    return video
+
+
+@torch.no_grad()
+def complete_video(vqvae, gpt, video, task, n_given=1, frames=None, cond=None, generator=None, **sampling):
+    """Video (B, C, T, H, W) -> (completed video (B, C, T, H, W), given pixels (T, H, W) bool): `task` gives tokens."""
+    given_mask = task_mask(task, vqvae.config.latent_shape, n_given).to(video.device)
+    codes = gpt.sample(len(video), frames, cond, generator=generator, given=vqvae.encode(video),
+                       given_mask=given_mask, **sampling)
+    a, b, c = vqvae.config.downsample  # each latent cell covers a x b x c pixels
+    return vqvae.decode(codes).clamp(-0.5, 0.5), repeat(given_mask, 't h w -> (t a) (h b) (w c)', a=a, b=b, c=c)
+
+
+@torch.no_grad()
+def predict_frames(vqvae, gpt, context, n_future, cond=None, generator=None, **sampling):
+    """Real frames context (B, C, T0, H, W) -> n_future predicted frames (B, C, n_future, H, W), sliding if needed."""
+    vc, gc, T0 = vqvae.config, gpt.config, context.shape[2]
+    t, d, T = vc.latent_shape[0], vc.downsample[0], vc.sequence_length
+    s = max(0, T0 - (t - 1) * d)  # the window's first frame: a latent frame is left to sample
+    if T0 < 1 or n_future < 1 or T0 - s < gc.n_cond_frames:
+        raise ValueError(f"{T0} context frames and n_future={n_future}: give at least 1 of each, and at least "
+                         f"n_cond_frames={gc.n_cond_frames} frames for this frame-conditioned prior")
+    clip, n_given = context[:, :, s:], (T0 - s) // d  # only latent frames of context alone: the encoder mixes frames
+    padded = torch.cat([clip, clip[:, :, -1:].expand(-1, -1, T - clip.shape[2], -1, -1)], dim=2)  # last frame copies
+    given = dict(given=vqvae.encode(padded), given_mask=task_mask('fp', vc.latent_shape, n_given)) if n_given else {}
+    frames = clip[:, :, :gc.n_cond_frames] if gc.n_cond_frames else None  # the window's first, as in training
+    n_latent = max(t, -(-(T0 - s + n_future) // d))  # latent frames that reach the last predicted frame
+    codes = gpt.sample(len(context), frames, cond, generator=generator, n_latent_frames=n_latent, **given, **sampling)
+    return vqvae.decode(codes)[:, :, T0 - s:T0 - s + n_future].clamp(-0.5, 0.5)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -899,11 +1003,10 @@ PRESETS = {  # name: (VQVAEConfig overrides, GPTConfig overrides)
     'ucf101': (  # 16x128x128 RGB -> 4x32x32, class-conditional (101 classes)
         dict(in_channels=3, resolution=128, downsample=(4, 4, 4), n_res_layers=4, embedding_dim=256, n_codes=1024),
         dict(n_embd=1024, n_head=8, n_layer=20, dropout=0.2, cond_dim=101)),
-    # Two digits -> 8x16x16 codes, both stages < 2 h on 2 CPU cores; 1x time: 2-frame codes lost strokes (RESULTS.md).
+    # Two digits -> 8x16x16 codes, both stages < 2 h on 2 CPU cores; no time downsampling: codes of 2 frames blurred.
     'mnist-cpu': (dict(sequence_length=8, downsample=(1, 4, 4), n_hiddens=64, n_codes=512),
                   dict(n_embd=192, n_head=4, n_layer=4, dropout=0.0)),
-    # Minutes on 2 CPU cores: one digit, 8 frames -> 4x8x8 codes, class-conditional. A code spans 2 frames: width 32
-    # with 64 codes lost the digits, width 48 with 128 holds them; width 64 costs 1.5x per step (RESULTS.md).
+    # Minutes on 2 CPU cores: one digit, 8 frames -> 4x8x8 codes, class-conditional; the narrowest that kept digits.
     'demo': (dict(sequence_length=8, downsample=(2, 8, 8), n_hiddens=48, n_res_layers=1, n_codes=128),
              dict(n_embd=128, n_head=2, n_layer=4, dropout=0.0, cond_dim=10, cond_dropout=0.1)),
 }
@@ -924,6 +1027,33 @@ def preset_configs(name):
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# Checkpoints and pretrained weights
+
+def load_model(path, kind=None):
+    """A VQVAE or VideoGPT from its checkpoint (of `kind`, if given), in eval mode."""
+    ckpt = load_checkpoint(path, kind)
+    cls, cfg_cls = (VQVAE, VQVAEConfig) if ckpt['kind'] == 'vqvae' else (VideoGPT, GPTConfig)
+    model = cls(cfg_cls(**ckpt['config']))
+    model.load_state_dict(ckpt['model'])
+    return model.eval()
+
+
+PRETRAINED = {  # name: {file in weights/NAME/: sha256}, made by the README's Results commands (VQ-VAE first)
+    'moving-mnist': {'vqvae.pt': '784702d450ed549343639669ddb0a5e3cf801e4c6cb5bb4d902f86b5b2ef6c36',
+                     'gpt.pt': 'f4df6cca0f205333849c9841a9d8209f8a49f6a50b3c9720fb8a208ac2a30211'}}
+
+
+def load_pretrained(name='moving-mnist', device='cpu'):
+    """(vqvae, gpt) in eval mode from the weights committed under weights/NAME/, after checking their sha256."""
+    if name not in PRETRAINED:
+        raise ValueError(f"no pretrained weights named {name!r}: choose one of {', '.join(PRETRAINED)}")
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights', name)
+    return tuple(load_model(path).to(device) for path in data.checked_files(folder, PRETRAINED[name]))
+
+
+# ==================================================================================================================
+# PART III. TRAINING AND THE COMMAND LINE
+# ==================================================================================================================
 # Training: one loop for both stages, in plain PyTorch
 
 @dataclass
@@ -981,28 +1111,6 @@ def lr_at(step, tcfg):
         return tcfg.lr * (step + 1) / tcfg.warmup
     progress = min(1.0, (step - tcfg.warmup) / max(1, tcfg.steps - tcfg.warmup))
     return tcfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def load_model(path, kind=None):
-    """A VQVAE or VideoGPT from its checkpoint (of `kind`, if given), in eval mode."""
-    ckpt = load_checkpoint(path, kind)
-    cls, cfg_cls = (VQVAE, VQVAEConfig) if ckpt['kind'] == 'vqvae' else (VideoGPT, GPTConfig)
-    model = cls(cfg_cls(**ckpt['config']))
-    model.load_state_dict(ckpt['model'])
-    return model.eval()
-
-
-PRETRAINED = {  # name: {file in weights/NAME/: sha256}, made by the README's Results commands (VQ-VAE first)
-    'moving-mnist': {'vqvae.pt': '784702d450ed549343639669ddb0a5e3cf801e4c6cb5bb4d902f86b5b2ef6c36',
-                     'gpt.pt': 'f4df6cca0f205333849c9841a9d8209f8a49f6a50b3c9720fb8a208ac2a30211'}}
-
-
-def load_pretrained(name='moving-mnist', device='cpu'):
-    """(vqvae, gpt) in eval mode from the weights committed under weights/NAME/, after checking their sha256."""
-    if name not in PRETRAINED:
-        raise ValueError(f"no pretrained weights named {name!r}: choose one of {', '.join(PRETRAINED)}")
-    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights', name)
-    return tuple(load_model(path).to(device) for path in data.checked_files(folder, PRETRAINED[name]))
 
 
 def make_optimizer(model, tcfg, device):
@@ -1154,51 +1262,7 @@ def train_gpt(gcfg, tcfg, dataset=None):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Sampling to files, and the command line
-
-@torch.no_grad()
-def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed=0, nrow=None, vqvae_path='',
-                  **sampling):
-    """Sample n videos from a prior checkpoint and its VQ-VAE (find_vqvae) and write a GIF/MP4."""
-    device = setup_device()[0]
-    gpt = load_model(gpt_path, 'gpt').to(device)
-    vqvae = load_model(find_vqvae(gpt_path, vqvae_path), 'vqvae').to(device)
-    to = (lambda x: x if x is None else x.to(device))
-    codes = gpt.sample(n, to(frames), to(cond), generator=torch.Generator(device).manual_seed(seed), **sampling)
-    video = vqvae.decode(codes).clamp(-0.5, 0.5).cpu()
-    if frames is not None:  # show the given conditioning frames in place of their reconstruction
-        video[:, :, :frames.shape[2]] = frames
-    data.save_video_grid(video, out, nrow=nrow)
-    return video
-
-
-@torch.no_grad()
-def complete_video(vqvae, gpt, video, task, n_given=1, frames=None, cond=None, generator=None, **sampling):
-    """Video (B, C, T, H, W) -> (completed video (B, C, T, H, W), given pixels (T, H, W) bool): `task` gives tokens."""
-    given_mask = task_mask(task, vqvae.config.latent_shape, n_given).to(video.device)
-    codes = gpt.sample(len(video), frames, cond, generator=generator, given=vqvae.encode(video),
-                       given_mask=given_mask, **sampling)
-    a, b, c = vqvae.config.downsample  # each latent cell covers a x b x c pixels
-    return vqvae.decode(codes).clamp(-0.5, 0.5), repeat(given_mask, 't h w -> (t a) (h b) (w c)', a=a, b=b, c=c)
-
-
-@torch.no_grad()
-def predict_frames(vqvae, gpt, context, n_future, cond=None, generator=None, **sampling):
-    """Real frames context (B, C, T0, H, W) -> n_future predicted frames (B, C, n_future, H, W), sliding if needed."""
-    vc, gc, T0 = vqvae.config, gpt.config, context.shape[2]
-    t, d, T = vc.latent_shape[0], vc.downsample[0], vc.sequence_length
-    s = max(0, T0 - (t - 1) * d)  # the window's first frame: a latent frame is left to sample
-    if T0 < 1 or n_future < 1 or T0 - s < gc.n_cond_frames:
-        raise ValueError(f"{T0} context frames and n_future={n_future}: give at least 1 of each, and at least "
-                         f"n_cond_frames={gc.n_cond_frames} frames for this frame-conditioned prior")
-    clip, n_given = context[:, :, s:], (T0 - s) // d  # only latent frames of context alone: the encoder mixes frames
-    padded = torch.cat([clip, clip[:, :, -1:].expand(-1, -1, T - clip.shape[2], -1, -1)], dim=2)  # last frame copies
-    given = dict(given=vqvae.encode(padded), given_mask=task_mask('fp', vc.latent_shape, n_given)) if n_given else {}
-    frames = clip[:, :, :gc.n_cond_frames] if gc.n_cond_frames else None  # the window's first, as in training
-    n_latent = max(t, -(-(T0 - s + n_future) // d))  # latent frames that reach the last predicted frame
-    codes = gpt.sample(len(context), frames, cond, generator=generator, n_latent_frames=n_latent, **given, **sampling)
-    return vqvae.decode(codes)[:, :, T0 - s:T0 - s + n_future].clamp(-0.5, 0.5)
-
+# The command line
 
 def _strict_bool(text):
     """true/false, yes/no or 1/0; anything else is an error, so that a typo never reads as false."""
@@ -1223,42 +1287,6 @@ def _fill(cfg, args):
     return replace(cfg, **{f.name: vars(args)[f.name] for f in fields(cfg) if vars(args).get(f.name) is not None})
 
 
-def _sample_inputs(args):
-    """(videos (n, C, T, H, W), frames, cond, n_latent_frames): --from/--frames-from, --actions/--labels, --frames."""
-    ckpt = load_checkpoint(args.gpt)
-    gcfg, vcfg = GPTConfig(**ckpt['config']), VQVAEConfig(**load_checkpoint(args.vqvae, 'vqvae')['config'])
-    T, d = vcfg.sequence_length, vcfg.downsample[0]
-    if args.frames and (args.frames % d or args.frames < T or args.task):
-        sys.exit(f"--frames {args.frames}: give a multiple of {d} (time downsampling), >= {T}, and no --task")
-    source, batch = args.from_ or args.frames_from, {}
-    if gcfg.n_cond_frames and not source:
-        sys.exit("this prior is frame-conditioned: pass --frames-from val|train|VIDEO_FILE")
-    if source and os.path.isfile(source):
-        clip = data.read_video(source, vcfg.resolution, vcfg.in_channels)  # (C, T', H, W)
-        if args.from_ and clip.shape[1] < T:
-            sys.exit(f"{source} has {clip.shape[1]} frames; the VQ-VAE encodes {T}")
-        batch['video'] = clip[None, :, :T].expand(args.n, -1, -1, -1, -1)
-    elif source:  # the prior's training data unless overridden
-        ds = _held_out(args, ckpt, vcfg.sequence_length, vcfg.resolution, train=source == 'train')
-        batch = torch.utils.data.default_collate([ds[i] for i in range(args.n)])
-    if gcfg.cond_dim and args.actions:
-        actions = torch.as_tensor(np.load(args.actions), dtype=torch.float32)  # (T, 4) for all, or (n, T, 4)
-        batch['actions'] = actions.expand(args.n, *actions.shape) if actions.ndim == 2 else actions
-    if gcfg.cond_dim and args.labels:
-        batch['label'] = torch.tensor(args.labels).repeat(args.n)[:args.n]
-    if gcfg.cond_dim and not {'actions', 'label'} & set(batch):
-        sys.exit("this prior is vector-conditioned: pass --actions FILE.npy, or --labels for class labels")
-    if not gcfg.cond_dim and (args.actions or args.labels):  # else they would be ignored without a word
-        sys.exit("this prior has no vector conditioning: drop --actions and --labels")
-    return (batch.get('video'), *gpt_inputs(gcfg, batch), args.frames // d if args.frames else None)
-
-
-def _held_out(args, ckpt, n_frames, resolution, train=False):
-    """A split (held-out unless train) of a checkpoint's training data; --dataset, --data-dir, --mnist-dir override."""
-    given = {k: getattr(args, k) for k in ('dataset', 'data_dir', 'mnist_dir') if getattr(args, k)}
-    return data.make_dataset(TrainConfig(**dict(ckpt.get('train_config', {}), **given)), n_frames, resolution, train)
-
-
 @torch.no_grad()
 def eval_command(args):
     """`eval`: evaluate(), --context -> --future frame prediction with a prior, FVD with --i3d; a table and a JSON."""
@@ -1266,7 +1294,7 @@ def eval_command(args):
     vqvae = load_model(args.vqvae, 'vqvae').to(device)
     gpt = load_model(args.gpt, 'gpt').to(device) if args.gpt else None
     ckpt, vc = load_checkpoint(args.gpt or args.vqvae), vqvae.config  # the prior's data: its labels or actions
-    held = _held_out(args, ckpt, vc.sequence_length, vc.resolution)
+    held = data.held_out(args, ckpt, vc.sequence_length, vc.resolution)
     n = min(args.n, len(held))
     batch = torch.utils.data.default_collate([held[i] for i in tqdm(range(n), desc='videos', disable=None)])
     cond = gpt_inputs(gpt.config, batch)[1] if gpt else None
@@ -1275,7 +1303,7 @@ def eval_command(args):
     if gpt is not None and args.future:
         T = args.context + args.future
         ds = (data.load_moving_mnist_test(args.test_seq, md5=None, n_context=args.context) if args.test_seq else
-              _held_out(args, ckpt, T, vc.resolution))
+              data.held_out(args, ckpt, T, vc.resolution))
         if ds[0]['video'].shape[1] < T:
             sys.exit(f"the held-out videos have {ds[0]['video'].shape[1]} frames, fewer than --context + --future")
         sampling = dict(temperature=args.temperature, **(dict(top_k=args.top_k) if gpt.config.causal else
@@ -1330,83 +1358,107 @@ def demo(args):
     print(f"demo done in {time.time() - t0:.0f} s: {out}, {os.path.join(args.out_dir, 'vqvae', 'recon.png')}")
 
 
-def main(argv=None):
+def train_command(p, args):
+    """`train-vqvae` / `train-gpt`: a preset's configs, then the flags that were given."""
+    vcfg, gcfg = preset_configs(args.preset)
+    try:  # a value the configs refuse (--steps 0, --downsample 3 4 4) is a usage error, not a traceback
+        tcfg = _fill(TrainConfig(out_dir=os.path.join('runs', args.cmd.split('-')[1])), args)
+        if args.cmd == 'train-vqvae':
+            vcfg = _fill(vcfg, args)
+        elif not tcfg.vqvae:
+            p.error("train-gpt needs --vqvae PATH/ckpt.pt (from train-vqvae)")
+        else:  # the prior models the codes of this VQ-VAE
+            gcfg = _fill(fit_prior(gcfg, VQVAEConfig(**load_checkpoint(tcfg.vqvae, 'vqvae')['config'])), args)
+    except ValueError as e:
+        p.error(str(e))
+    if args.cmd == 'train-vqvae':
+        train_vqvae(vcfg, tcfg)
+    else:
+        train_gpt(gcfg, tcfg)
+
+
+def sample_command(p, args):
+    """`sample`: new videos to a file, or with --task real videos (first row) and their completions below."""
+    if os.path.splitext(args.out)[1].lower() not in ('.gif', '.mp4', '.png'):  # before the sampling work
+        p.error(f"--out {args.out}: write a .gif, .mp4 or .png")
+    if bool(args.task) != bool(args.from_):
+        p.error("--task and --from go together: --task fp --from clip.mp4 (or --from val)")
+    args.vqvae = find_vqvae(args.gpt, args.vqvae)
+    videos, frames, cond, n_latent = data.sample_inputs(args)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance=args.guidance,
+                    steps=args.steps, n_latent_frames=n_latent)  # steps: masked priors only; causal ones refuse it
+    if not args.task:
+        sample_videos(args.gpt, args.n, args.out, frames, cond, args.seed, vqvae_path=args.vqvae, **sampling)
+    else:  # the real videos on the first row, their completions below, the given regions outlined
+        device = setup_device()[0]
+        gpt, vqvae = load_model(args.gpt, 'gpt').to(device), load_model(args.vqvae, 'vqvae').to(device)
+        to = (lambda x: x if x is None else x.to(device))
+        out, given = complete_video(vqvae, gpt, to(videos), args.task, args.n_given, to(frames), to(cond),
+                                    torch.Generator(device).manual_seed(args.seed), **sampling)
+        mark = torch.stack([torch.zeros_like(given), given]).repeat_interleave(len(videos), 0)  # real row: none
+        data.save_video_grid(torch.cat([videos, out.cpu()]), args.out, nrow=len(videos), mark=mark.cpu())
+    print(f"wrote {args.out}")
+
+
+def build_parser():
+    """The command line. train-vqvae and train-gpt get one flag per config field (_add_dataclass_args)."""
     p = argparse.ArgumentParser(description="VideoGPT: train a VQ-VAE, then a prior over its codes, then sample.")
     sub = p.add_subparsers(dest='cmd', required=True)
-    for cmd, cfg_cls in (('train-vqvae', VQVAEConfig), ('train-gpt', GPTConfig)):
-        s = sub.add_parser(cmd, help=f"train the {'VQ-VAE (stage 1)' if cmd == 'train-vqvae' else 'prior (stage 2)'}")
-        s.add_argument('--preset', default='mnist', help=f"one of {', '.join(PRESETS)}")
-        _add_dataclass_args(s, cfg_cls, skip=('n_codes', 'latent_shape') if cfg_cls is GPTConfig else ())
-        _add_dataclass_args(s, TrainConfig)
+    for cmd, cfg_cls, what in (('train-vqvae', VQVAEConfig, 'the VQ-VAE (stage 1)'),
+                               ('train-gpt', GPTConfig, 'the prior (stage 2)')):
+        t = sub.add_parser(cmd, help=f"train {what}")
+        t.add_argument('--preset', default='mnist', help=f"one of {', '.join(PRESETS)}")
+        _add_dataclass_args(t, cfg_cls, skip=('n_codes', 'latent_shape') if cfg_cls is GPTConfig else ())
+        _add_dataclass_args(t, TrainConfig)
     s = sub.add_parser('sample', help="sample videos from a prior checkpoint, or complete a real one (--task)")
     s.add_argument('--gpt', required=True, help="the prior's ckpt.pt")
+    s.add_argument('--vqvae', default='', help="its VQ-VAE's ckpt.pt (default: the one it was trained on)")
+    s.add_argument('--n', type=int, default=8)
+    s.add_argument('--out', default='samples.gif', help=".gif, .mp4 or .png")
     s.add_argument('--task', choices=list(TASKS), help="complete the videos of --from: " + '; '.join(
         f'{k}: {v}' for k, v in TASKS.items()))
     s.add_argument('--from', dest='from_', metavar='VIDEO', help="with --task: a video file, or val / train")
+    s.add_argument('--n-given', type=int, default=1, help="latent frames given by --task fp")
+    s.add_argument('--steps', type=int, default=None, help="forward passes of masked decoding (default 12)")
+    s.add_argument('--frames', type=int, default=None, help="pixel frames per video past the VQ-VAE's window: slides")
+    s.add_argument('--guidance', type=float, default=1.0, help="classifier-free guidance scale (1: none)")
     s.add_argument('--labels', type=int, nargs='+', help="class labels, cycled over the n videos (the demo's: 0-9)")
-    for flag, kind, default, what in (
-            ('--vqvae', str, '', "its VQ-VAE's ckpt.pt (default: the one it was trained on)"), ('--n', int, 8, ""),
-            ('--n-given', int, 1, "latent frames given by --task fp"), ('--out', str, 'samples.gif', ".gif or .mp4"),
-            ('--steps', int, None, "forward passes of masked decoding (default 12)"), ('--top-p', float, None, ""),
-            ('--frames', int, None, "pixel frames per video, more than the VQ-VAE's window: slides"),
-            ('--guidance', float, 1.0, "classifier-free guidance scale (1: none); the prior needs --cond-dropout"),
-            ('--frames-from', str, None, "conditioning frames: 'val' / 'train' (a dataset split) or a video file"),
-            ('--actions', str, None, "a .npy of actions (n, T, 4) or (T, 4), for action-conditioned priors")):
-        s.add_argument(flag, type=kind, default=default, help=what or None)
+    s.add_argument('--frames-from', help="conditioning frames: 'val' / 'train' (a dataset split) or a video file")
+    s.add_argument('--actions', help="a .npy of actions (n, T, 4) or (T, 4), for action-conditioned priors")
+    s.add_argument('--top-p', type=float, default=None)
     e = sub.add_parser('eval', help="score a VQ-VAE (and a prior) on held-out videos: a table and a JSON file")
     e.add_argument('--vqvae', required=True, help="a VQ-VAE's ckpt.pt")
     e.add_argument('--gpt', default='', help="a prior's ckpt.pt: adds bits per token and frame prediction")
-    for flag, kind, default, what in (
-            ('--n', int, 256, "held-out videos"), ('--future', int, 10, "frames predicted (0: none)"),
-            ('--context', int, 10, "real frames given for prediction"), ('--steps', int, 12, "masked priors' passes"),
-            ('--batch-size', int, 16, ""), ('--test-seq', str, '', "mnist_test_seq.npy: predict its videos"),
-            ('--json', str, 'eval.json', "the scores; the predictions go to the same name .gif"),
-            ('--i3d', str, '', "a TorchScript I3D file: adds FVD (see fvd)")):
-        e.add_argument(flag, type=kind, default=default, help=what or None)
-    for parser, flag, kind, default in ((x, *f) for x in (s, e) for f in (  # dataset: the checkpoint's by default
-            ('--temperature', float, 1.0), ('--top-k', int, None), ('--seed', int, 0),
-            ('--dataset', str, ''), ('--data-dir', str, ''), ('--mnist-dir', str, ''))):
-        parser.add_argument(flag, type=kind, default=default)
+    e.add_argument('--n', type=int, default=256, help="held-out videos")
+    e.add_argument('--context', type=int, default=10, help="real frames given for prediction")
+    e.add_argument('--future', type=int, default=10, help="frames predicted (0: none)")
+    e.add_argument('--steps', type=int, default=12, help="masked priors' passes")
+    e.add_argument('--batch-size', type=int, default=16)
+    e.add_argument('--test-seq', default='', help="mnist_test_seq.npy: predict its videos")
+    e.add_argument('--json', default='eval.json', help="the scores; the predictions go to the same name .gif")
+    e.add_argument('--i3d', default='', help="a TorchScript I3D file: adds FVD (see fvd)")
+    for parser in (s, e):  # sampling and data, shared; the data default to the checkpoint's own
+        parser.add_argument('--temperature', type=float, default=1.0)
+        parser.add_argument('--top-k', type=int, default=None)
+        parser.add_argument('--seed', type=int, default=0)
+        parser.add_argument('--dataset', default='')
+        parser.add_argument('--data-dir', default='')
+        parser.add_argument('--mnist-dir', default='')
     d = sub.add_parser('demo', help="both stages on Moving MNIST on a CPU (8-10 min on 2 cores), then samples.gif")
-    for name, default in dict(out_dir='runs/demo', mnist_dir='', vqvae_steps=400, gpt_steps=1800).items():
-        d.add_argument('--' + name.replace('_', '-'), type=type(default), default=default)
+    d.add_argument('--out-dir', default='runs/demo')
+    d.add_argument('--mnist-dir', default='')
+    d.add_argument('--vqvae-steps', type=int, default=400)
+    d.add_argument('--gpt-steps', type=int, default=1800)
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if args.cmd in ('train-vqvae', 'train-gpt'):
-        vcfg, gcfg = preset_configs(args.preset)
-        try:  # a value the configs refuse (--steps 0, --downsample 3 4 4) is a usage error, not a traceback
-            tcfg = _fill(TrainConfig(out_dir=os.path.join('runs', args.cmd.split('-')[1])), args)
-            if args.cmd == 'train-vqvae':
-                vcfg = _fill(vcfg, args)
-            elif not tcfg.vqvae:
-                p.error("train-gpt needs --vqvae PATH/ckpt.pt (from train-vqvae)")
-            else:  # the prior models the codes of this VQ-VAE
-                gcfg = _fill(fit_prior(gcfg, VQVAEConfig(**load_checkpoint(tcfg.vqvae, 'vqvae')['config'])), args)
-        except ValueError as e:
-            p.error(str(e))
-        if args.cmd == 'train-vqvae':
-            train_vqvae(vcfg, tcfg)
-        else:
-            train_gpt(gcfg, tcfg)
+        train_command(p, args)
     elif args.cmd == 'sample':
-        if os.path.splitext(args.out)[1].lower() not in ('.gif', '.mp4', '.png'):  # before the sampling work
-            p.error(f"--out {args.out}: write a .gif, .mp4 or .png")
-        if bool(args.task) != bool(args.from_):
-            p.error("--task and --from go together: --task fp --from clip.mp4 (or --from val)")
-        args.vqvae = find_vqvae(args.gpt, args.vqvae)
-        videos, frames, cond, n_latent = _sample_inputs(args)
-        sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance=args.guidance,
-                        steps=args.steps, n_latent_frames=n_latent)  # steps: masked priors only; causal ones refuse it
-        if not args.task:
-            sample_videos(args.gpt, args.n, args.out, frames, cond, args.seed, vqvae_path=args.vqvae, **sampling)
-        else:  # the real videos on the first row, their completions below, the given regions outlined
-            device = setup_device()[0]
-            gpt, vqvae = load_model(args.gpt, 'gpt').to(device), load_model(args.vqvae, 'vqvae').to(device)
-            to = (lambda x: x if x is None else x.to(device))
-            out, given = complete_video(vqvae, gpt, to(videos), args.task, args.n_given, to(frames), to(cond),
-                                        torch.Generator(device).manual_seed(args.seed), **sampling)
-            mark = torch.stack([torch.zeros_like(given), given]).repeat_interleave(len(videos), 0)  # real row: none
-            data.save_video_grid(torch.cat([videos, out.cpu()]), args.out, nrow=len(videos), mark=mark.cpu())
-        print(f"wrote {args.out}")
+        sample_command(p, args)
     elif args.cmd == 'eval':
         if args.n < 1 or args.batch_size < 1 or args.future < 0 or args.context < 1:
             p.error("--n, --batch-size and --context must be at least 1, --future at least 0")
