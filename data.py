@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.data import Dataset
@@ -981,3 +982,104 @@ if __name__ == '__main__':
     if not (args.tar or args.download):
         p.error('bair needs --tar PATH or --download')
     print(json.dumps(convert_bair(args.tar or download_bair(args.out), args.out, args.n_val_files)['splits']))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# A digit reader: which digits a Moving MNIST frame shows, to score samples and predictions by what a viewer sees
+
+READER_FILE = Path(__file__).resolve().parent / 'weights' / 'digit-reader' / 'reader.pt'
+
+
+class DigitReader(nn.Module):
+    """Frames (N, 1, 64, 64) in [-0.5, 0.5] -> (N, 10) logits, an independent yes/no per digit class (multi-label).
+    Global max pooling: a digit counts wherever it is; the last layer sees 36x36 pixels, more than one digit's 28."""
+    def __init__(self):
+        super().__init__()
+        conv = lambda c_in, c_out: (nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU())  # noqa: E731
+        self.net = nn.Sequential(*conv(1, 16), nn.MaxPool2d(2), *conv(16, 32), nn.MaxPool2d(2), *conv(32, 64),
+                                 nn.MaxPool2d(2), *conv(64, 128), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+                                 nn.Linear(128, 10))
+
+    def forward(self, frames):
+        return self.net(frames)
+
+
+def reader_frames(digits, labels, n, rng):
+    """n training frames (n, 1, 64, 64) in [-0.5, 0.5] and multi-hot targets (n, 10): 60% two digits, 15% one, and
+    25% with no digit to find (blank, or a two-digit frame cut in 8 or 16 px tiles, shuffled and turned), so that
+    strokes of digit size that form no digit read as none. Half are blurred, as a VQ-VAE's reconstructions are."""
+    frames, targets = np.zeros((n, MMNIST_SIZE, MMNIST_SIZE), np.uint8), np.zeros((n, 10), np.float32)
+    kind = rng.choice(4, size=n, p=[0.6, 0.15, 0.1, 0.15])  # two digits, one, blank, fragments
+    for i in range(n):
+        for _ in range({0: 2, 1: 1, 2: 0, 3: 2}[kind[i]]):
+            k, (y, x) = rng.integers(len(digits)), rng.integers(0, MMNIST_SIZE - DIGIT_SIZE + 1, size=2)
+            np.maximum(frames[i, y:y + DIGIT_SIZE, x:x + DIGIT_SIZE], digits[k], out=frames[i, y:y + DIGIT_SIZE,
+                                                                                           x:x + DIGIT_SIZE])
+            targets[i, labels[k]] = kind[i] < 2
+        if kind[i] == 3:
+            frames[i] = shuffle_tiles(frames[i], int(rng.choice([8, 16])), rng)
+    x = to_video(frames).transpose(0, 1)  # (n, 1, 64, 64) in [-0.5, 0.5]
+    blur = torch.from_numpy(rng.random(n) < 0.5)
+    sigma = float(rng.uniform(0.5, 1.5))
+    g = torch.exp(-torch.arange(-3, 4.0) ** 2 / (2 * sigma ** 2))
+    g = (g / g.sum()).view(1, 1, 1, 7)
+    blurred = F.conv2d(F.conv2d(x + 0.5, g, padding=(0, 3)), g.transpose(2, 3), padding=(3, 0)) - 0.5
+    return torch.where(blur[:, None, None, None], blurred, x), torch.from_numpy(targets)
+
+
+def shuffle_tiles(frame, tile, rng):
+    """A (H, W) frame cut into tile x tile squares, shuffled and each turned by a random multiple of 90 degrees."""
+    H, W = frame.shape
+    tiles = frame.reshape(H // tile, tile, W // tile, tile).transpose(0, 2, 1, 3).reshape(-1, tile, tile)
+    tiles = np.stack([np.rot90(t, int(rng.integers(4))) for t in tiles[rng.permutation(len(tiles))]])
+    return tiles.reshape(H // tile, W // tile, tile, tile).transpose(0, 2, 1, 3).reshape(H, W)
+
+
+def train_digit_reader(mnist_dir=None, steps=3000, batch_size=64, seed=0, out=READER_FILE):
+    """Train a DigitReader on frames of MNIST's training digits (never the held-out ones) and save its weights."""
+    digits, labels, source = mnist_digits(mnist_dir, train=True, download=False)
+    rng, reader = np.random.default_rng(seed), DigitReader()
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(reader.parameters(), lr=2e-3)
+    for step in tqdm(range(steps), desc='digit reader', disable=None):
+        x, y = reader_frames(digits, labels, batch_size, rng)
+        loss = F.binary_cross_entropy_with_logits(reader(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    atomic_write(str(out), lambda f: torch.save(dict(kind='digit-reader', source=source, model=reader.state_dict()),
+                                                f))
+    return reader.eval()
+
+
+def load_digit_reader(path=READER_FILE):
+    """The committed DigitReader, in eval mode."""
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    if not isinstance(state, dict) or state.get('kind') != 'digit-reader':
+        raise ValueError(f"{path} is not a digit reader's file: make one with data.train_digit_reader()")
+    reader = DigitReader()
+    reader.load_state_dict(state['model'])
+    return reader.eval()
+
+
+@torch.no_grad()
+def read_digits(reader, video, batch_size=512):
+    """Videos (B, 1, T, 64, 64) in [-0.5, 0.5] -> (B, T, 10): the probability that each digit is in each frame."""
+    frames = rearrange(video.float(), 'B C T H W -> (B T) C H W')
+    probs = torch.cat([reader(f).sigmoid() for f in frames.split(batch_size)])
+    return probs.view(video.shape[0], video.shape[2], 10)
+
+
+def digit_scores(probs, digits=None):
+    """Per frame (B, T) bool: 'legible', the reader finds two digits (its second most likely has p > 0.5), and, given
+    the digits (B, 2) the video shows, 'kept', its two most likely digits are those two (for a pair of equal digits,
+    its most likely one is that digit)."""
+    top = probs.topk(2, dim=-1)
+    scores = dict(legible=top.values[..., 1] > 0.5)
+    if digits is not None:
+        a, b = digits[:, None, 0], digits[:, None, 1]  # (B, 1)
+        first, second = top.indices[..., 0], top.indices[..., 1]
+        pair = ((first == a) & (second == b)) | ((first == b) & (second == a))
+        scores['kept'] = torch.where(a == b, first == a, pair)
+    return scores

@@ -1880,3 +1880,53 @@ def test_data_write_bair_tar_round_trips_through_convert(tmp_path):
     item = train[0]
     assert len(train) == 2 and item['video'].shape == (3, 16, 64, 64) and item['actions'].shape == (16, 4)
     assert item['video'].std() > 0.01  # a picture, not a blank frame
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The digit reader (data.py): what a viewer would call legible, and which digits a prediction kept
+
+def test_digit_scores_legible_and_kept_by_hand():
+    probs = torch.full((3, 2, 10), 0.01)
+    probs[0, 0, [3, 7]] = torch.tensor([0.9, 0.8])   # two digits, 3 and 7
+    probs[0, 1, [3, 7]] = torch.tensor([0.9, 0.4])   # the second too unsure: not legible
+    probs[1, :, 5] = 0.95                              # a pair of 5s: only one class fires
+    probs[2, :, [1, 2]] = torch.tensor([0.7, 0.6])    # reads 1 and 2, but the video shows 1 and 4
+    s = data.digit_scores(probs, torch.tensor([[7, 3], [5, 5], [1, 4]]))
+    assert s['legible'].tolist() == [[True, False], [False, False], [True, True]]
+    assert s['kept'].tolist() == [[True, True], [True, True], [False, False]]
+
+
+def test_shuffle_tiles_keeps_the_pixels_and_breaks_the_layout():
+    images, _ = data.render_font_digits(2)
+    frame = np.zeros((64, 64), np.uint8)
+    frame[10:38, 5:33], frame[30:58, 30:58] = images[0], images[1]
+    for tile in (8, 16):
+        out = data.shuffle_tiles(frame, tile, np.random.default_rng(0))
+        assert sorted(out.ravel().tolist()) == sorted(frame.ravel().tolist()) and not np.array_equal(out, frame)
+
+
+def test_reader_frames_targets_match_what_is_drawn():
+    images, labels = data.render_font_digits(40)
+    x, y = data.reader_frames(images, labels, 64, np.random.default_rng(1))
+    assert x.shape == (64, 1, 64, 64) and -0.5 <= x.min() and x.max() <= 0.5
+    ink = (x > 0).flatten(1).any(1)
+    assert set(y.sum(1).tolist()) <= {0.0, 1.0, 2.0} and ink[y.sum(1) > 0].all()  # a labelled digit has ink
+
+
+def test_committed_digit_reader_reads_blank_and_fragments_as_no_digit():
+    """Scribbles must not pass for digits: blank frames, and real two-digit frames cut into 8 or 16 px tiles that
+    are shuffled and turned (strokes of digit size, no digit), read as at most one digit in >= 95% of frames."""
+    reader = data.load_digit_reader()
+    images, labels = data.render_font_digits(60, seed=3)  # the tests have no MNIST: rendered digits stand in
+    rng = np.random.default_rng(0)
+    frames = np.zeros((40, 64, 64), np.uint8)
+    for f in frames:
+        for k, (y, x) in zip(rng.integers(60, size=2), rng.integers(0, 37, size=(2, 2))):
+            np.maximum(f[y:y + 28, x:x + 28], images[k], out=f[y:y + 28, x:x + 28])
+    fragments = np.stack([data.shuffle_tiles(f, int(rng.choice([8, 16])), rng) for f in frames])
+    for name, video in (('blank', np.zeros_like(frames)), ('fragments', fragments)):
+        probs = data.read_digits(reader, data.to_video(video)[None])  # (1, 40, 10)
+        legible = data.digit_scores(probs)['legible'].float().mean().item()
+        assert legible <= 0.05, (name, legible)
+    whole = data.digit_scores(data.read_digits(reader, data.to_video(frames)[None]))['legible'].float().mean()
+    assert whole >= 0.5, whole  # the same strokes, as digits, do read as two digits (rendered, not MNIST: lower)

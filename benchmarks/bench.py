@@ -9,10 +9,9 @@ DIR is a checkout of the original code (github.com/wilson1yan/VideoGPT): the fol
 package. Ratios are only meaningful when both sides run on the same machine in the same run: the same workload runs
 2-2.6x slower on one 2-core machine than on another of the same kind. Each workload runs in its own process so that
 its peak RSS is its own. Timings are medians over repeated steps after warm-up; variants (fused vs reference
-attention, cached vs uncached sampling) run in the same process and are reported as ratios. Ceilings in the same
-process: a sampling step's matrix products alone, and the VQ-VAE's layers alone, with its peak tensor memory and
-its profiled self time by kind (arithmetic kernels, copies, the rest). --repeat N runs each workload N times, ours
-next to the original's, and reports the median run: one run of each side can land in different spells of a machine.
+attention, cached vs uncached sampling) run in the same process and are reported as ratios. --repeat N runs each
+workload N times, ours next to the original's, and reports the median run: one run of each side can land in
+different spells of a machine.
 """
 import argparse
 import json
@@ -24,7 +23,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 import videogpt as vg  # noqa: E402
@@ -114,7 +112,7 @@ def run_one(name, device, steps, original_dir=None, dropout=0.0):
         x = torch.rand(4, 3, 16, 64, 64, device=device) - 0.5
         step = train_step_fn(model, lambda m: m(x)['loss'], device, dtype)
         res['step_s'] = time_steps(step, device, steps)
-        res.update(peak_rss_gb=peak_rss_gb(), **vqvae_extras(model, x, step, device, steps))  # RSS before the extras
+        res['peak_rss_gb'] = peak_rss_gb()
     elif kind in ('prior', 'prior-bair'):
         if kind == 'prior':
             cfg = prior_cfg(GRIDS[tokens], dropout=dropout, attn_dropout=dropout)
@@ -152,81 +150,10 @@ def run_one(name, device, steps, original_dir=None, dropout=0.0):
                     logits, _ = model(codes.view(4, 4, 8, 8))
                     codes[:, i] = logits.view(4, 256, -1)[:, i].argmax(-1)
             res['uncached_tokens_per_s'] = 4 * 256 / time_steps(uncached, device, 1, warmup=0)
-            res['products_tokens_per_s'] = 4 * 256 / time_steps(products_alone(model, 4), device, steps, warmup=1)
     if device.type == 'cuda':
         res['peak_gpu_gb'] = torch.cuda.max_memory_allocated() / 1e9
     res.setdefault('peak_rss_gb', peak_rss_gb())
     return res
-
-
-def products_alone(model, batch):
-    """block_size steps (256 here) of only the matrix products a KV-cached sampling step must do (qkv, proj, MLP per
-    block, then the head), over the model's own weights in order and nothing else: a ceiling on fp32 decode speed."""
-    layers = [lin for b in model.blocks for lin in (b.attn.qkv, b.attn.proj, b.mlp[0], b.mlp[2])] + [model.head]
-    inputs = {lin: torch.randn(batch, lin.in_features, device=model.sos.device) for lin in layers}
-
-    @torch.no_grad()
-    def run():
-        for _ in range(model.config.block_size):
-            for lin in layers:
-                F.linear(inputs[lin], lin.weight, lin.bias)
-    return run
-
-
-def layers_alone(model, x):
-    """Each convolution and linear layer of one forward pass of model(x), forward and backward, alone and once (no
-    recomputation), at its own input shape and memory format: the arithmetic of any train step of this
-    architecture, and a ceiling on its speed. The layer that reads the video computes no input gradient."""
-    calls = []
-    hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, torch.randn_like(i[0]), torch.randn_like(o))))
-             for m in model.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d, torch.nn.Linear))]
-    with torch.no_grad():  # one call per layer (ours recomputes its residual branches only when grad is on)
-        model(x)
-    for h in hooks:
-        h.remove()
-
-    def run():
-        for k, (m, inp, grad_out) in enumerate(calls):
-            inp.requires_grad_(k > 0)
-            torch.autograd.grad(m(inp), [inp] * (k > 0) + list(m.parameters()), grad_out)
-    return run
-
-
-def peak_tensor_gb(fn):
-    """The most memory tensors held at once during fn(), from the profiler's allocation events: what the step
-    needs, without the allocator's retained free blocks that peak RSS also counts."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    live = peak = 0  # kineto_results is not public API (torch 2.13); key_averages() nets out frees within an op
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
-    for e in sorted(events, key=lambda e: e.start_ns()):  # + allocations, - frees
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak / 1e9
-
-
-def self_time_by_kind(step, n=3):
-    """Seconds per step of the profiler's self time in arithmetic kernels (convolutions forward and backward, matrix
-    products, softmax, normalisation), in layout copies (copy_, cat, fill_, stack), and in the rest, over n steps."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for _ in range(n):
-            step()
-    kinds = dict(kernels_s=0.0, copies_s=0.0, rest_s=0.0)
-    for e in prof.key_averages():
-        name = e.key.removeprefix('aten::')
-        kernel = 'conv' in name or 'softmax' in name or 'norm' in name or name in ('mm', 'addmm', 'bmm', 'baddbmm')
-        kind = 'kernels_s' if kernel else 'copies_s' if name in ('copy_', 'cat', 'fill_', 'stack') else 'rest_s'
-        kinds[kind] += e.self_cpu_time_total / 1e6 / n
-    return kinds
-
-
-def vqvae_extras(model, x, step, device, steps):
-    """On the CPU, the VQ-VAE step's peak tensor memory, its layers alone and its self time by kind (in fp32: GPU
-    steps run in bf16)."""
-    if device.type != 'cpu':
-        return {}
-    return dict(peak_tensor_gb=peak_tensor_gb(step), layers_alone_s=time_steps(layers_alone(model, x), device, steps),
-                **self_time_by_kind(step))
 
 
 def check_original(root):
@@ -273,7 +200,7 @@ def run_original(kind, tokens, batch, steps, root, dropout=0.0):
             return recon_loss + vq['commitment_loss']
         step = train_step_fn(model, loss, cpu, None)
         res['step_s'] = time_steps(step, cpu, steps)
-        res.update(peak_rss_gb=peak_rss_gb(), **vqvae_extras(model, x, step, cpu, steps))
+        res['peak_rss_gb'] = peak_rss_gb()
     else:  # the prior needs a VQ-VAE for its codebook only: a small one whose latent grid is the workload's
         t, h, w = GRIDS[tokens]
         vq = VQVAE(Args(embedding_dim=64, n_codes=512, n_hiddens=32, n_res_layers=1, downsample=(4, 4, 4),
@@ -369,23 +296,9 @@ def print_tables(rows):
         speed = r[key] / o[key] if key == 'tokens_per_s' else o[key] / r[key]
         print(f"| {what} | {show(r)} | {show(o)} | {speed:.2f}x | {r['peak_rss_gb']:.2f} / {o['peak_rss_gb']:.2f} GB"
               f" = {r['peak_rss_gb'] / o['peak_rss_gb']:.2f} |")
-    if 'layers_alone_s' in by.get('vqvae', {}):
-        r, o = by['vqvae'], by.get('orig-vqvae')
-        tensors = f"peak tensor memory {r['peak_tensor_gb']:.3f}" + (
-            f" / {o['peak_tensor_gb']:.3f} GB = {r['peak_tensor_gb'] / o['peak_tensor_gb']:.2f}" if o else " GB")
-        print(f"| VQ-VAE: its convolutions and linear layers alone (a ceiling) | {r['layers_alone_s']:.3f} s | "
-              + (f"{o['layers_alone_s']:.3f} s | {o['step_s'] / r['layers_alone_s']:.2f}x the original's step | "
-                 if o else "| | ") + tensors + " |")
-        part = lambda x: f"{x['kernels_s']:.3f} s (copies {x['copies_s']:.3f}, rest {x['rest_s']:.3f})"  # noqa: E731
-        print(f"| VQ-VAE: a step's kernels alone, profiled: convolutions, products, softmax, norms | {part(r)} | "
-              + (f"{part(o)} | {o['step_s'] / r['kernels_s']:.2f}x the original's step | |" if o else "| | |"))
     if 'reference_attention_step_s' in by.get('prior', {}):
         ratio = by['prior']['reference_attention_step_s'] / by['prior']['step_s']
         print(f"| reference attention / SDPA, prior step | {ratio:.2f}x | | | |")
-    if 'products_tokens_per_s' in by.get('sample', {}):
-        r, o = by['sample']['products_tokens_per_s'], by.get('orig-sample', {}).get('tokens_per_s')
-        print(f"| the step's matrix products alone (a ceiling) | {r:,.0f} tok/s | | "
-              + (f"{r / o:.2f}x | |" if o else "| |"))
     if 'uncached_tokens_per_s' in by.get('sample', {}):
         print(f"| KV cache / no cache | {by['sample']['tokens_per_s'] / by['sample']['uncached_tokens_per_s']:.1f}x "
               "| | | |")

@@ -1,6 +1,6 @@
 """How recognisable are a class-conditional Moving MNIST prior's samples? A number instead of a look.
 
-    python benchmarks/digit_score.py --gpt runs/demo/gpt/ckpt.pt --mnist-dir ../shared/data/mnist
+    python benchmarks/digit_score.py --gpt runs/demo/gpt/ckpt.pt --mnist-dir DIR
     python benchmarks/digit_score.py --gpt ... --guidance 1 2 3 --temperature 0.8 1.0
 
 A small CNN (global max pooling, so it does not care where the digit is) is trained on the frames of one-digit Moving

@@ -1,7 +1,7 @@
 """Masked parallel decoding (MaskGIT / MAGVIT, 12 steps) against autoregressive decoding with a KV cache.
 
     python benchmarks/masked_vs_ar.py speed                     # the bench.py prior (width 192, 4 layers, 4 heads)
-    python benchmarks/masked_vs_ar.py quality --vqvae V --ar A --masked M --mnist-dir ../shared/data/mnist
+    python benchmarks/masked_vs_ar.py quality --vqvae V --ar A --masked M --mnist-dir DIR
 
 speed: untrained priors (the weights do not change the work), batch 4 by default, at 256, 1,024 and 2,048 tokens:
 wall time per batch (median of --reps), forward passes, generated tokens per second, and masked / AR speed-up.

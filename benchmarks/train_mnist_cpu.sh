@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The pretrained Moving MNIST models (weights/moving-mnist/): both stages on a 2-core CPU, then export and evaluate.
 # Rerun it after an interruption: each stage resumes from its last checkpoint (every 100 / 50 steps).
-# MNIST_DIR: the MNIST IDX files (default ../shared/data/mnist); OUT: the run folder (default runs/mm).
+# MNIST_DIR (required): a folder with the MNIST IDX .gz files; OUT: the run folder (default runs/mm).
+# Usage: MNIST_DIR=DIR bash benchmarks/train_mnist_cpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MNIST=${MNIST_DIR:-../shared/data/mnist}
+MNIST=${MNIST_DIR:?set MNIST_DIR to a folder with the MNIST .gz files: MNIST_DIR=DIR bash $0}
 OUT=${OUT:-runs/mm}
 resume() { if [ -f "$1/ckpt.pt" ]; then echo "--resume true"; fi; }
 common="--preset mnist-cpu --mnist-dir $MNIST --batch-size 8 --lr 1e-3 --warmup 100 --num-workers 1 --log-every 25"
