@@ -777,11 +777,14 @@ def test_predict_frames_encodes_only_the_context_and_continues_it():
     torch.testing.assert_close(pred, vq.decode(codes)[:, :, 4:12].clamp(-0.5, 0.5))
     masked = tiny_gpt(n_codes=32, latent_shape=(4, 4, 4), causal=False, tasks=('fp',)).eval()
     assert vg.predict_frames(vq, masked, context, 4, steps=2).shape == (2, 1, 4, 8, 8)
-    long = torch.cat([video(T=6), context], dim=2)  # 10 frames, more than the window holds: the last 6 are encoded
+    long = torch.cat([video(T=6), context], dim=2)  # 10 frames, a whole window and more: its last 8 are encoded
     calls.clear()
     pred = vg.predict_frames(vq, g, long, 3, top_k=1)
-    assert pred.shape == (2, 1, 3, 8, 8) and torch.equal(calls[0][:, :, :6], long[:, :, 4:])
-    codes = g.sample(2, top_k=1, given=encode(calls[0]), given_mask=vg.task_mask('fp', (4, 4, 4), 3), n_latent_frames=5)
+    assert pred.shape == (2, 1, 3, 8, 8) and len(calls) == 1 and torch.equal(calls[0], long[:, :, 2:])  # no padding
+    window = encode(long[:, :, 2:])  # the prior continues its last 3 latent frames: 2 slides reach 3 more frames
+    codes = g.sample(2, top_k=1, given=window.roll(-1, 1), given_mask=vg.task_mask('fp', (4, 4, 4), 3),
+                     n_latent_frames=5)
+    assert torch.equal(codes[:, :3], window[:, 1:])
     torch.testing.assert_close(pred, vq.decode(codes)[:, :, 6:9].clamp(-0.5, 0.5))
     _raises(ValueError, 'at least 1 of each', lambda: vg.predict_frames(vq, g, context, 0))
 

@@ -890,7 +890,13 @@ def predict_frames(vqvae, gpt, context, n_future, cond=None, generator=None, **s
     if T0 < 1 or n_future < 1 or T0 - s < gc.n_cond_frames:
         raise ValueError(f"{T0} context frames and n_future={n_future}: give at least 1 of each, and at least "
                          f"n_cond_frames={gc.n_cond_frames} frames for this frame-conditioned prior")
-    clip, n_given = context[:, :, s:], (T0 - s) // d  # only latent frames of context alone: the encoder mixes frames
+    if T0 >= T and t > 1 and not gc.n_cond_frames:  # a whole window of real frames: its codes, as in training
+        codes = vqvae.encode(context[:, :, T0 - T:])  # (B, t, h, w); the encoder mixes a window's frames
+        given = dict(given=codes.roll(-1, dims=1), given_mask=task_mask('fp', vc.latent_shape, t - 1))
+        codes = gpt.sample(len(context), None, cond, generator=generator, n_latent_frames=t - 1 - (-n_future // d),
+                           **given, **sampling)  # its last t - 1 latent frames given, then one sampled per slide
+        return vqvae.decode(codes)[:, :, (t - 1) * d:(t - 1) * d + n_future].clamp(-0.5, 0.5)
+    clip, n_given = context[:, :, s:], (T0 - s) // d  # a short context: its whole latent frames, the rest padded
     padded = torch.cat([clip, clip[:, :, -1:].expand(-1, -1, T - clip.shape[2], -1, -1)], dim=2)  # last frame copies
     given = dict(given=vqvae.encode(padded), given_mask=task_mask('fp', vc.latent_shape, n_given)) if n_given else {}
     frames = clip[:, :, :gc.n_cond_frames] if gc.n_cond_frames else None  # the window's first, as in training
@@ -1003,9 +1009,9 @@ PRESETS = {  # name: (VQVAEConfig overrides, GPTConfig overrides)
     'ucf101': (  # 16x128x128 RGB -> 4x32x32, class-conditional (101 classes)
         dict(in_channels=3, resolution=128, downsample=(4, 4, 4), n_res_layers=4, embedding_dim=256, n_codes=1024),
         dict(n_embd=1024, n_head=8, n_layer=20, dropout=0.2, cond_dim=101)),
-    # Two digits -> 8x16x16 codes, both stages < 2 h on 2 CPU cores; no time downsampling: codes of 2 frames blurred.
-    'mnist-cpu': (dict(sequence_length=8, downsample=(1, 4, 4), n_hiddens=64, n_codes=512),
-                  dict(n_embd=192, n_head=4, n_layer=4, dropout=0.0)),
+    # Two digits, 8 frames -> 4x8x8 codes: 256 tokens, few enough for a 5M-parameter prior to learn on a CPU.
+    'mnist-cpu': (dict(sequence_length=8, downsample=(2, 8, 8), n_hiddens=64, n_codes=512),
+                  dict(n_embd=256, n_head=4, n_layer=6, dropout=0.0)),
     # Minutes on 2 CPU cores: one digit, 8 frames -> 4x8x8 codes, class-conditional; the narrowest that kept digits.
     'demo': (dict(sequence_length=8, downsample=(2, 8, 8), n_hiddens=48, n_res_layers=1, n_codes=128),
              dict(n_embd=128, n_head=2, n_layer=4, dropout=0.0, cond_dim=10, cond_dropout=0.1)),
