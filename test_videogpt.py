@@ -9,6 +9,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -1418,6 +1419,57 @@ def test_notebook_runs_top_to_bottom_in_fast_mode(name, monkeypatch):
                             resources={'metadata': {'path': os.path.dirname(path)}}).execute()  # raises on error
     assert any(o.get('output_type') == 'display_data' for c in nb.cells for o in c.get('outputs', [])), \
         "the notebook showed no picture"
+
+
+def _setup_cell(name):
+    cells = json.load(open(os.path.join(HERE, 'notebooks', name)))['cells']
+    return next(''.join(c['source']) for c in cells if 'VIDEOGPT_REPO_URL' in ''.join(c['source'])
+                and c['cell_type'] == 'code')
+
+
+def _run_setup_cell(cwd, repo_url):
+    """The notebooks' setup cell in a fresh Python, as a kernel started in cwd would run it; prints ROOT and cwd."""
+    code = _setup_cell(NOTEBOOKS[0]) + "\nprint('ROOT=' + str(ROOT)); print('CWD=' + os.getcwd())"
+    env = {k: v for k, v in os.environ.items() if k != 'VIDEOGPT_REPO_URL'}
+    return subprocess.run([sys.executable, '-c', code], cwd=cwd, env=dict(env, VIDEOGPT_REPO_URL=repo_url),
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not NOTEBOOKS, reason='no notebooks')
+def test_notebook_setup_cell_works_every_way_in_or_names_the_fix(tmp_path):
+    assert len({_setup_cell(name) for name in NOTEBOOKS}) == 1  # one setup cell, the same in every notebook
+    # Colab from a GitHub copy: a fresh folder, no project files; a file:// clone of this checkout stands in for it.
+    if subprocess.run(['git', '-C', HERE, 'rev-parse', 'HEAD'], capture_output=True).returncode == 0:
+        fresh = tmp_path / 'content'
+        fresh.mkdir()
+        r = _run_setup_cell(fresh, f'file://{HERE}')
+        assert r.returncode == 0, r.stderr
+        assert f"ROOT={fresh / 'videogpt'}\nCWD={fresh / 'videogpt' / 'notebooks'}" in r.stdout
+    # The files uploaded next to the notebook (Colab's Files panel), with no address set.
+    uploaded = tmp_path / 'uploaded'
+    uploaded.mkdir()
+    for f in ('videogpt.py', 'data.py'):
+        shutil.copy(os.path.join(HERE, f), uploaded / f)
+    r = _run_setup_cell(uploaded, '')
+    assert r.returncode == 0 and f'ROOT={uploaded}\nCWD={uploaded}' in r.stdout, r.stderr
+    # Locally, from notebooks/: the project one folder up.
+    r = _run_setup_cell(os.path.join(HERE, 'notebooks'), '')
+    assert r.returncode == 0 and f"ROOT={HERE}\nCWD={os.path.join(HERE, 'notebooks')}" in r.stdout, r.stderr
+    # None of these: one sentence that names both fixes, no traceback, nothing cloned.
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    r = _run_setup_cell(empty, '')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr and not os.listdir(empty)
+    assert 'upload videogpt.py and data.py' in r.stderr and 'VIDEOGPT_REPO_URL' in r.stderr
+
+
+def test_no_invented_repository_address():
+    """No badge or clone points to an address the project does not have: the learner's copy is set in the cell."""
+    texts = [open(os.path.join(HERE, 'README.md')).read()] + \
+        [open(os.path.join(HERE, 'notebooks', name)).read() for name in NOTEBOOKS]
+    for text in texts:
+        assert 'videogpt-reference' not in text and 'colab.research.google.com/github/' not in text
+
 
 # ------------------------------------------------------------------------------------------------------------------
 # data.py: loaders tested on small files written in the real formats
