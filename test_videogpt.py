@@ -1023,6 +1023,32 @@ def cfg_of(make):
     return make().config
 
 
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_mixed_precision_training_path_runs_on_the_cpu(dtype, tmp_path, monkeypatch):
+    """The GPU's path through the real loop, on the CPU: autocast in bf16, or fp16 with a GradScaler. The EMA codebook
+    stays fp32, every loss is finite, and the first step's loss (same weights, same batch) is close to fp32's."""
+    def run(dt, sub):
+        monkeypatch.setattr(vg, 'setup_device', lambda: (torch.device('cpu'), 0, 1, dt, dt == torch.float16))
+        torch.manual_seed(0)
+        vq = vg.train(tiny_vqvae(), 'vqvae', vg.vqvae_step, _Clips(), _tcfg(tmp_path / sub / 'vq', steps=3),
+                      _tiny_vcfg())
+        codes = vq.eval().encode(torch.stack([_Clips()[i]['video'] for i in range(8)]))
+        torch.manual_seed(0)
+        make = lambda: tiny_gpt(n_codes=32, latent_shape=(2, 4, 4))  # noqa: E731
+        vg.train(make(), 'gpt', lambda m, b: (m(b['codes'])[1], {}), [{'codes': c} for c in codes],
+                 _tcfg(tmp_path / sub / 'gpt', steps=3), cfg_of(make))
+        losses = [[json.loads(line)['loss'] for line in open(tmp_path / sub / k / 'metrics.jsonl')] for k in ('vq', 'gpt')]
+        return vq, losses
+    _, ref = run(None, 'fp32')
+    vq, low = run(dtype, str(dtype))
+    assert all(b.dtype == torch.float32 for b in vq.codebook.buffers() if b.is_floating_point())
+    scaled = 'scale' in vg.load_checkpoint(tmp_path / str(dtype) / 'gpt' / 'ckpt.pt')['scaler']
+    assert scaled == (dtype == torch.float16)  # fp16's GradScaler ran (a CUDA-only one disables itself here)
+    for stage in (0, 1):
+        assert all(math.isfinite(v) for v in low[stage]) and len(low[stage]) == 3
+        assert low[stage][0] == pytest.approx(ref[stage][0], rel=0.03), (stage, low[stage], ref[stage])
+
+
 def test_optimizer_is_fused_adamw_with_decay_on_matrices_only():
     torch.manual_seed(0)
     model = vg.VideoGPT(vg.GPTConfig(n_codes=16, latent_shape=(2, 2, 2), n_layer=1, n_head=2, n_embd=16, dropout=0.0))

@@ -1165,7 +1165,7 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
     ckpt_path = os.path.join(tcfg.out_dir, 'ckpt.pt')
     torch.manual_seed(tcfg.seed + rank)
     model.to(device)
-    opt, scaler = make_optimizer(model, tcfg, device), torch.amp.GradScaler(enabled=use_scaler)
+    opt, scaler = make_optimizer(model, tcfg, device), torch.amp.GradScaler(device.type, enabled=use_scaler)
     step, log = resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg) if tcfg.out_dir else (0, [])
     if files:  # the log as of the checkpoint: rows written after it, before an interruption, are replayed
         os.makedirs(tcfg.out_dir, exist_ok=True)
