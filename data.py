@@ -12,17 +12,23 @@ Axis legend: N samples, T frames, H/W pixels, C channels.
 For videogpt.py's training loop and command line: make_dataset (a dataset by name), batches (batches that --resume
 replays exactly), gpt_inputs (a batch's conditioning), encode_dataset / CodesDataset (a dataset encoded once into
 codes), the checkpoint files (save_checkpoint, load_checkpoint, export_weights, find_vqvae), checked_files (the
-pretrained weights' sha256), save_video_grid and plot_metrics.
+pretrained weights' sha256), sample_inputs / eval_inputs (the commands' data, checked before any work), the command
+line's file checks (check_paths, check_writable, check_eval_files), save_video_grid and plot_metrics.
 """
+import contextlib
+import glob
 import gzip
 import hashlib
 import http.client
+import io
 import json
 import math
 import os
 import struct
 import sys
 import tarfile
+import tempfile
+import time
 import urllib.request
 import warnings
 from pathlib import Path
@@ -62,12 +68,19 @@ def checksum(path, algorithm='md5'):
 
 
 def checked_files(folder, digests):
-    """The paths of folder's files named by digests ({file: sha256}), each checked against its digest first."""
-    paths = [os.path.join(folder, file) for file in digests]
-    for path, digest in zip(paths, digests.values()):
-        if (got := checksum(path, 'sha256')) != digest:  # a Git LFS pointer, a truncated or changed copy: never load it
-            raise ValueError(f"{path} has sha256 {got}, expected {digest}: git checkout it again, or git lfs pull")
-    return paths
+    """Folder's files named by digests ({file: sha256}) as in-memory files, each read once and checked against its
+    digest: what is loaded is exactly what was hashed."""
+    files, fix = [], 'git checkout it again, or git lfs pull'
+    for file, digest in digests.items():
+        path = os.path.join(folder, file)
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as e:  # missing, or a folder in its place
+            raise FileNotFoundError(f"{path} cannot be read ({e.strerror}): {fix}") from e
+        if (got := hashlib.sha256(raw).hexdigest()) != digest:  # a Git LFS pointer, a truncated or changed copy
+            raise ValueError(f"{path} has sha256 {got}, expected {digest}: {fix}")
+        files.append(io.BytesIO(raw))
+    return files
 
 
 def _download(url, dest, md5=None, hint=''):
@@ -106,17 +119,35 @@ MNIST_MD5 = {'train-images-idx3-ubyte.gz': 'f68b3c2dcbeaaa9fbdd348bbdeb94873',
 FALLBACK_SOURCE = 'rendered font digits, NOT MNIST'
 
 
+UMASK = os.umask(0o022)  # read the process's umask (there is no getter) and put it back on the next line
+os.umask(UMASK)
+STALE_SECONDS = 60  # a temporary file untouched this long has no live writer: one writes far more often
+
+
 def atomic_write(path, write):
-    """write(tmp) into a temporary file beside path, then rename it to path: a crash leaves the old file or the new
-    one, never half of one. On an error (a full disk) the temporary file is removed and the error names the path."""
-    tmp = f'{path}.{os.getpid()}.tmp'  # per process: several ranks may fill one cache at once
+    """write(tmp) into a new temporary file beside path, then rename it to path: a crash leaves the old file or the new
+    one, never half of one. The temporary file is created exclusively (a planted file or link is never opened, and a
+    link at path is replaced, not followed); on an error (a full disk) it is removed and the error names the path; one
+    left by a killed writer is removed by a later write."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = None
     try:
+        for old in Path(folder).glob(f'.{glob.escape(name)}.*.tmp'):
+            with contextlib.suppress(FileNotFoundError):  # another process may remove it first
+                if time.time() - old.lstat().st_mtime > STALE_SECONDS:
+                    old.unlink()
+        fd, tmp = tempfile.mkstemp(suffix='.tmp', prefix=f'.{name}.', dir=folder)  # per writer: ranks may share a cache
+        os.close(fd)
+        with contextlib.suppress(OSError):  # some mounted disks have no modes to set
+            os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp's 0600 would hide the file from everyone else
         write(tmp)
         os.replace(tmp, path)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise OSError(f'could not write {path} ({e}); free some disk space or write elsewhere') from e
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a full disk as a RuntimeError
+            raise OSError(f'could not write {path} ({type(e).__name__}: {(str(e).splitlines() or [""])[0]}); '
+                          'free some disk space or write elsewhere') from e
         raise
 
 
@@ -709,28 +740,41 @@ def make_dataset(tcfg, n_frames, resolution, train=True):
     raise ValueError(f"unknown dataset {tcfg.dataset!r}: choose mnist, bair or folder")
 
 
-def sample_inputs(args):
+def sample_inputs(args, ckpt, vcfg):
     """`videogpt.py sample`'s inputs, (videos (n, C, T, H, W), frames, cond, n_latent_frames), from its flags --from,
-    --frames-from, --actions, --labels and --frames."""
-    from videogpt import GPTConfig, VQVAEConfig  # videogpt imports data: not at the top
-    ckpt = load_checkpoint(args.gpt)
-    gcfg, vcfg = GPTConfig(**ckpt['config']), VQVAEConfig(**load_checkpoint(args.vqvae, 'vqvae')['config'])
-    T, d = vcfg.sequence_length, vcfg.downsample[0]
-    if args.frames and (args.frames % d or args.frames < T or args.task):
-        sys.exit(f"--frames {args.frames}: give a multiple of {d} (time downsampling), >= {T}, and no --task")
+    --frames-from, --actions, --labels and --frames; ckpt: the prior's checkpoint, vcfg: its VQ-VAE's VQVAEConfig.
+    A flag that does not apply to this prior, or a file that is not there, is an error: never ignored or replaced."""
+    from videogpt import MAX_VALUES, GPTConfig  # videogpt imports data: not at the top
+    gcfg, T, d = GPTConfig(**ckpt['config']), vcfg.sequence_length, vcfg.downsample[0]
+    most = MAX_VALUES // (args.n * vcfg.in_channels * vcfg.resolution ** 2) // d * d  # whole latent frames that fit
+    if args.frames and (args.frames % d or not T <= args.frames <= most or args.task):
+        sys.exit(f"--frames {args.frames}: give a multiple of {d} (time downsampling) from {T} to {most} (4 GiB of "
+                 "frames for this --n), and no --task")
     source, batch = args.from_ or args.frames_from, {}
+    split = source in ('val', 'train') and not os.path.isfile(source)  # a file of that name wins
     if gcfg.n_cond_frames and not source:
         sys.exit("this prior is frame-conditioned: pass --frames-from val|train|VIDEO_FILE")
-    if source and os.path.isfile(source):
+    if args.frames_from and (args.from_ or not gcfg.n_cond_frames):
+        sys.exit(f"drop --frames-from: {'--from gives the frames' if args.from_ else 'this prior takes no frames'}")
+    if source and not split and not os.path.isfile(source):
+        sys.exit(f"{source}: no such video file; pass a video file, or val / train (a split of the prior's data)")
+    if not split and (args.dataset or args.data_dir or args.mnist_dir):
+        sys.exit("--dataset, --data-dir and --mnist-dir pick the videos of --from / --frames-from val|train: drop them")
+    if split:  # the prior's training data unless overridden
+        ds = held_out(args, ckpt, T, vcfg.resolution, train=source == 'train')
+        check_count(args.n, ds, f'the {source} split')
+        batch = torch.utils.data.default_collate([ds[i] for i in range(args.n)])
+    elif source:
         clip = read_video(source, vcfg.resolution, vcfg.in_channels)  # (C, T', H, W)
         if args.from_ and clip.shape[1] < T:
             sys.exit(f"{source} has {clip.shape[1]} frames; the VQ-VAE encodes {T}")
         batch['video'] = clip[None, :, :T].expand(args.n, -1, -1, -1, -1)
-    elif source:  # the prior's training data unless overridden
-        ds = held_out(args, ckpt, vcfg.sequence_length, vcfg.resolution, train=source == 'train')
-        batch = torch.utils.data.default_collate([ds[i] for i in range(args.n)])
     if gcfg.cond_dim and args.actions:
-        actions = torch.as_tensor(np.load(args.actions), dtype=torch.float32)  # (T, 4) for all, or (n, T, 4)
+        try:  # allow_pickle=False: a .npy of objects would run code
+            actions = torch.as_tensor(np.load(args.actions, allow_pickle=False), dtype=torch.float32)
+        except (ValueError, TypeError, OSError) as e:
+            sys.exit(f"--actions {args.actions} is not a .npy of numbers ({str(e).splitlines()[0]}): np.save a float "
+                     "array (T, 4) or (n, T, 4)")
         batch['actions'] = actions.expand(args.n, *actions.shape) if actions.ndim == 2 else actions
     if gcfg.cond_dim and args.labels:
         batch['label'] = torch.tensor(args.labels).repeat(args.n)[:args.n]
@@ -739,6 +783,36 @@ def sample_inputs(args):
     if not gcfg.cond_dim and (args.actions or args.labels):  # else they would be ignored without a word
         sys.exit("this prior has no vector conditioning: drop --actions and --labels")
     return (batch.get('video'), *gpt_inputs(gcfg, batch), args.frames // d if args.frames else None)
+
+
+def check_count(n, dataset, what):
+    """Raise unless dataset holds at least n videos (the flag --n): fewer would be scored or shown as n."""
+    if len(dataset) < n:
+        raise ValueError(f"--n {n}: {what} holds {len(dataset)} videos; pass --n {len(dataset)} or fewer")
+
+
+def eval_inputs(args, vcfg, predict):
+    """`videogpt.py eval`'s files and data, checked before any scoring: (held-out videos, videos to predict if predict,
+    the I3D network of --i3d or None); vcfg: the VQ-VAE's VQVAEConfig."""
+    check_writable(args.json, '--json')
+    check_eval_files(args.json, args.json[:-len('.json')] + '.gif')
+    try:
+        i3d = torch.jit.load(args.i3d, map_location='cpu').eval() if args.i3d else None
+    except Exception as e:  # a state_dict, a text file: torch raises many types
+        raise ValueError(f"--i3d {args.i3d} is not a TorchScript network ({type(e).__name__}): pass an I3D saved by "
+                         "torch.jit.save (see videogpt.fvd)") from e
+    ckpt, T = load_checkpoint(args.gpt or args.vqvae), args.context + args.future  # the prior's data: labels, actions
+    held, ds = held_out(args, ckpt, vcfg.sequence_length, vcfg.resolution), None
+    if predict:
+        ds = (load_moving_mnist_test(args.test_seq, md5=None, n_context=args.context) if args.test_seq else
+              held_out(args, ckpt, T, vcfg.resolution))
+        if ds[0]['video'].shape[1] < T:
+            raise ValueError(f"the held-out videos have {ds[0]['video'].shape[1]} frames, fewer than --context + "
+                             "--future")
+    for what, videos in (('the held-out set', held), (args.test_seq or 'the held-out set', ds)):
+        if videos is not None:  # ds: None without prediction
+            check_count(args.n, videos, what)
+    return held, ds, i3d
 
 
 def held_out(args, ckpt, n_frames, resolution, train=False):
@@ -847,8 +921,13 @@ def encode_dataset(vqvae, dataset, path, batch_size=32, n_frames=0):
     fingerprint = vqvae.codebook.embeddings.double().sum().item()
     n_frames = n_frames if n_frames and random_windows(dataset) else 0
     if os.path.exists(path):
-        encoded = torch.load(path, weights_only=True)
-        if encoded.pop('fingerprint').item() == fingerprint and encoded.pop('n_frames', 0) == n_frames:
+        try:
+            encoded = torch.load(path, weights_only=True)
+            stamp = encoded.pop('fingerprint').item(), encoded.pop('n_frames', 0)
+        except Exception as e:  # a checkpoint, a text file, a folder: never written over
+            raise ValueError(f"{path} is not a codes file ({type(e).__name__}); it is left as it is: pass a new "
+                             "--codes-file name, e.g. codes.pt in the run's folder") from e
+        if stamp == (fingerprint, n_frames):
             return encoded
         print(f"{path} was made by another VQ-VAE or for other frames: encoding again")
     device = next(vqvae.parameters()).device
@@ -876,8 +955,9 @@ def save_checkpoint(path, **state):
 
 
 def load_checkpoint(path, kind=None):
-    """A checkpoint dict of this project's, of `kind` ('vqvae' or 'gpt') if given; anything else is a clear error."""
-    if not os.path.exists(path):
+    """A checkpoint dict of this project's, of `kind` ('vqvae' or 'gpt') if given; anything else is a clear error.
+    path: a file's name, or a file object (checked_files' bytes)."""
+    if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):  # a folder in its place too
         raise FileNotFoundError(f"no checkpoint at {path}: train one first, or check --out-dir / --vqvae")
     try:  # weights_only: a checkpoint holds tensors, numbers, strings and dicts; loading never runs arbitrary code
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
@@ -911,6 +991,50 @@ def find_vqvae(gpt_path, vqvae_path=''):
         if os.path.isfile(path):
             return path
     raise FileNotFoundError(f"the prior's VQ-VAE is neither at {rel} nor at {ckpt['vqvae']}: pass --vqvae PATH")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The command line's files: inputs that must exist, outputs that must be writable and must not destroy inputs
+
+
+def check_paths(args, files=(), folders=()):
+    """Raise naming the flag when a file or folder flag of args (argparse) is given but names nothing of that kind."""
+    for names, exists, what in ((files, os.path.isfile, 'file'), (folders, os.path.isdir, 'folder')):
+        for name in names:
+            if getattr(args, name, None) and not exists(getattr(args, name)):
+                raise FileNotFoundError(f"--{name.replace('_', '-')} {getattr(args, name)}: no such {what}")
+
+
+def check_writable(path, flag, folder=False):
+    """Raise unless path can be written: a file in an existing folder, or (folder=True) a folder that exists or can be
+    made; '' writes nothing. Probed with a nameless temporary file: permissions, read-only disks, files in the way."""
+    if not path:
+        return
+    where = os.path.abspath(path) if folder else os.path.dirname(os.path.abspath(path))
+    while folder and not os.path.exists(where):  # a folder to be made: its nearest existing parent must take it
+        where = os.path.dirname(where)
+    if not folder and os.path.isdir(path):
+        raise IsADirectoryError(f"{flag} {path} is a folder: name a file")
+    try:
+        tempfile.TemporaryFile(dir=where).close()
+    except OSError as e:
+        raise OSError(f"{flag} {path}: cannot write in {where} ({e.strerror}): create that folder or pick another "
+                      "place") from e
+
+
+EVAL_MARK = 'written_by_videogpt_eval'  # a key of every JSON that eval writes: eval writes over no other file
+
+
+def check_eval_files(json_path, gif_path):
+    """Raise unless eval may write json_path (new, or a JSON holding EVAL_MARK) and gif_path (new, or beside one)."""
+    ours = False
+    with contextlib.suppress(OSError, ValueError):  # missing, unreadable or not JSON: not ours
+        obj = json.loads(Path(json_path).read_text())
+        ours = isinstance(obj, dict) and EVAL_MARK in obj
+    for path in (json_path, gif_path):
+        if os.path.lexists(path) and not ours:
+            raise FileExistsError(f"{path} exists and is not from an eval run (no eval JSON holding {EVAL_MARK!r} is "
+                                  "there): eval never writes over other files; pass another --json name")
 
 
 # ------------------------------------------------------------------------------------------------------------------

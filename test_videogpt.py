@@ -1,4 +1,5 @@
 """Tests for videogpt.py (and data.py): tiny configs on CPU, all seeded. Run: python -m pytest -q test_videogpt.py"""
+import argparse
 import copy
 import functools
 import gzip
@@ -1398,6 +1399,323 @@ def test_command_line_errors_name_the_fix(tmp_path):
         vg.preset_configs('bair')
     with pytest.raises(FileNotFoundError, match='no checkpoint at'):
         vg.load_model(tmp_path / 'missing.pt')
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Nothing silent: inputs that disagree, bounds, outputs that never destroy inputs, files; every flag's bad values
+
+
+def test_evaluate_refuses_what_it_would_score_wrongly_and_scores_constant_videos():
+    vq = tiny_vqvae().eval()
+    g = tiny_gpt(n_codes=32, latent_shape=vq.config.latent_shape, cond_dim=4).eval()
+    x, labels = video(B=4), torch.tensor([0, 1, 2, 3])
+    _raises(ValueError, r'4 videos and 2 cond: .*one cond', lambda: vg.evaluate(vq, g, x, labels[:2], 2))
+    _raises(ValueError, 'video is empty', lambda: vg.evaluate(vq, None, x[:0]))
+    _raises(ValueError, 'batch_size=0', lambda: vg.evaluate(vq, None, x, batch_size=0))
+    flat = vg.evaluate(vq, None, torch.zeros(2, 1, 4, 8, 8))  # no variance to normalise by: NMSE is undefined
+    assert math.isnan(flat['nmse']) and 0 < flat['psnr'] <= 100
+
+
+def test_sampling_needs_at_least_one_video_and_bounded_knobs_for_its_kind_of_prior():
+    g, gm = tiny_gpt(), tiny_gpt(causal=False)  # 2x3x3 = 18 tokens
+    for model in (g, gm):
+        for n in (0, -1):
+            _raises(ValueError, r'n=-?\d: sample at least one video', lambda: model.sample(n))
+    _raises(ValueError, 'at most the 18 tokens', lambda: gm.sample(1, steps=19))  # passes that decide nothing
+    _raises(ValueError, 'causal priors only', lambda: vg.check_knobs(gm.config, top_p=0.9))
+    guided = tiny_gpt(cond_dim=2, cond_dropout=0.1).config
+    _raises(ValueError, 'needs a finite value', lambda: vg.check_knobs(guided, guidance=float('nan')))
+
+
+def test_fvd_refuses_videos_it_cannot_score():
+    x, i3d = torch.rand(3, 1, 2, 16, 16) - 0.5, _StandInI3D()
+    for bad, pattern in ((x * 255, r'\[-0.5, 0.5\]'), (x[:1], r'N >= 2 per set'), (x[:, 0], r'N >= 2 per set'),
+                         (x[:0], 'empty'), (x * float('nan'), 'NaN'), (x.expand(-1, 2, -1, -1, -1), 'C 1 or 3')):
+        _raises(ValueError, pattern, lambda: vg.fvd(bad, x, i3d))
+        _raises(ValueError, pattern, lambda: vg.fvd(x, bad, i3d))
+
+
+def test_predict_frames_refuses_a_context_shorter_than_one_latent_frame():
+    vq = tiny_vqvae(sequence_length=8).eval()  # time downsampling 2: one context frame reaches no latent frame
+    g = tiny_gpt(n_codes=32, latent_shape=(4, 4, 4)).eval()
+    _raises(ValueError, r'at least 2 context frames: one latent frame \(the VQ-VAE downsamples time by 2\)',
+            lambda: vg.predict_frames(vq, g, video(T=1), 4, top_k=1))
+    assert vg.predict_frames(vq, g, video(T=2), 2, top_k=1).shape == (2, 1, 2, 8, 8)
+    framed = tiny_gpt(n_codes=32, latent_shape=(4, 4, 4), n_cond_frames=1, frame_channels=1, frame_size=8).eval()
+    assert vg.predict_frames(vq, framed, video(T=1), 2, top_k=1).shape == (2, 1, 2, 8, 8)  # its frame reaches it
+
+
+def test_atomic_write_creates_its_temporary_file_exclusively_and_cleans_up(tmp_path, monkeypatch):
+    target, elsewhere = tmp_path / 'scores.json', tmp_path / 'elsewhere.txt'
+    elsewhere.write_text('keep me')
+    target.symlink_to(elsewhere)  # a link planted at the path: replaced, never followed
+    (tmp_path / f'scores.json.{os.getpid()}.tmp').symlink_to(elsewhere)  # and at the old, predictable temporary name
+    stale, live = tmp_path / '.scores.json.killed.tmp', tmp_path / '.scores.json.writing.tmp'
+    stale.write_text('half a file')
+    live.write_text('another writer, now')
+    os.utime(stale, (time.time() - 3600,) * 2)  # left by a writer killed an hour ago
+    data.write_json(target, {'a': 1})
+    assert elsewhere.read_text() == 'keep me' and not target.is_symlink() and json.loads(target.read_text()) == {'a': 1}
+    assert not stale.exists() and live.exists()
+    assert target.stat().st_mode & 0o777 == 0o666 & ~data.UMASK  # as open() would have made it
+
+    def full_disk(obj, path):  # how torch.save reports a full disk or a file size limit
+        open(path, 'wb').write(b'half a checkpoint')
+        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598')
+    monkeypatch.setattr(torch, 'save', full_disk)
+    _raises(OSError, r'could not write .*ckpt.pt \(RuntimeError: .*unexpected pos.*free some disk space',
+            lambda: data.save_checkpoint(tmp_path / 'ckpt.pt', step=1))
+    assert not list(tmp_path.glob('.ckpt.pt*')) and not (tmp_path / 'ckpt.pt').exists()
+
+
+def test_a_file_size_limit_during_a_checkpoint_write_is_a_clear_error(tmp_path):
+    code = ("import resource, torch, data; resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); "
+            f"data.save_checkpoint({str(tmp_path / 'ckpt.pt')!r}, x=torch.zeros(100_000))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=HERE)
+    assert r.returncode == 1 and re.search(r'OSError: could not write .*ckpt.pt .*free some disk space', r.stderr)
+    assert os.listdir(tmp_path) == []  # no temporary file left
+
+
+def test_load_pretrained_loads_the_bytes_it_hashed_and_names_a_missing_file(tmp_path, monkeypatch):
+    path = tmp_path / 'weights' / 'toy' / 'vqvae.pt'
+    path.parent.mkdir(parents=True)
+    m = tiny_vqvae()
+    data.save_checkpoint(path, kind='vqvae', config=vg.asdict(m.config), model=m.state_dict())
+    monkeypatch.setattr(vg, '__file__', str(tmp_path / 'videogpt.py'))  # weights/ beside it
+    monkeypatch.setitem(vg.PRETRAINED, 'toy', {'vqvae.pt': hashlib.sha256(path.read_bytes()).hexdigest()})
+    loaded, load = [], torch.load
+    monkeypatch.setattr(torch, 'load', lambda f, *a, **k: loaded.append(f) or load(f, *a, **k))
+    (vq,) = vg.load_pretrained('toy')
+    assert isinstance(vq, vg.VQVAE) and len(loaded) == 1 and not isinstance(loaded[0], (str, os.PathLike))
+    path.unlink()
+    _raises(FileNotFoundError, r'vqvae.pt cannot be read \(No such file.*git checkout',
+            lambda: vg.load_pretrained('toy'))
+    path.mkdir()  # a folder in its place
+    _raises(FileNotFoundError, r'vqvae.pt cannot be read \(Is a directory.*git checkout',
+            lambda: vg.load_pretrained('toy'))
+
+
+def test_codes_file_never_replaces_a_file_that_is_not_a_codes_file(tmp_path):
+    vq, ckpt, notes = tiny_vqvae().eval(), tmp_path / 'ckpt.pt', tmp_path / 'notes.txt'
+    data.save_checkpoint(ckpt, kind='vqvae', config={}, model={})
+    notes.write_text('my notes')
+    before = ckpt.read_bytes()
+    _raises(ValueError, r'ckpt.pt is not a codes file \(KeyError.*left as it is: pass a new --codes-file',
+            lambda: data.encode_dataset(vq, _Clips(), ckpt))
+    _raises(ValueError, 'notes.txt is not a codes file', lambda: data.encode_dataset(vq, _Clips(), notes))
+    assert ckpt.read_bytes() == before and notes.read_text() == 'my notes'
+
+
+@pytest.fixture(scope='module')
+def cli(tmp_path_factory):
+    """Tiny files for the command line: a VQ-VAE (3x4x8x8 videos -> 2x4x4 codes, time downsampled by 2) and three
+    priors of it: class-conditional causal 'ar', unconditioned causal 'nc', masked 'mk'; a 64x64 grey VQ-VAE and an
+    unconditioned prior for --test-seq; their data, a folder of videos in 3 classes (6 held-out clips); bad files."""
+    root = tmp_path_factory.mktemp('cli')
+    clip = np.zeros((8, 8, 8, 3), np.uint8)
+    clip[np.arange(8), :, np.arange(8)] = 255  # a bar moving across: every frame differs
+    for i, c in enumerate('abc'):
+        _data_write_video(root / 'videos' / c / f'{i}.gif', np.roll(clip, i, axis=1))
+    tcfg = vg.asdict(vg.TrainConfig(dataset='folder', data_dir=str(root / 'videos')))
+    f = {k: str(root / k) for k in ('videos', 'seq.npy', 'objects.npy', 'state_dict.pt', 'file', 'foreign.json',
+                                    'orphan.json', 'out')}
+
+    def save(name, model, **gpt):
+        f[name] = str(root / f'{name}.pt')
+        data.save_checkpoint(f[name], kind='gpt' if gpt else 'vqvae', config=vg.asdict(model.config),
+                             model=model.state_dict(), train_config=tcfg, **gpt)
+    save('vq', tiny_vqvae(in_channels=3))
+    save('vq64', tiny_vqvae(resolution=64, downsample=(2, 8, 8)))
+    for name, kw in (('ar', dict(cond_dim=3)), ('nc', {}), ('mk', dict(causal=False, tasks=('fp', 'opc')))):
+        save(name, tiny_gpt(n_codes=32, latent_shape=(2, 4, 4), **kw), vqvae=f['vq'], vqvae_rel='vq.pt')
+    save('nc64', tiny_gpt(n_codes=32, latent_shape=(2, 8, 8)), vqvae=f['vq64'], vqvae_rel='vq64.pt')
+    np.save(f['seq.npy'], np.zeros((6, 2, 64, 64), np.uint8))  # Moving MNIST's layout (T, N, 64, 64): 2 videos
+    np.save(f['objects.npy'], np.array([{'a': 1}], dtype=object), allow_pickle=True)
+    torch.save(tiny_vqvae().state_dict(), f['state_dict.pt'])  # weights, not a TorchScript network
+    for name, text in (('file', 'a file where a folder should be'), ('foreign.json', '{"mine": 1}')):
+        (root / name).write_text(text)
+    (root / 'orphan.gif').write_bytes(b'GIF89a, not ours')  # no orphan.json beside it
+    (root / 'out').mkdir()
+    return f
+
+
+class _Reached(Exception):
+    """Raised where a command's work starts: every check must have run before."""
+
+
+@pytest.fixture
+def at_work(monkeypatch, tmp_path):
+    def reached(*args, **kwargs):
+        raise _Reached('the work started')
+    for owner, name in ((vg, 'train'), (vg, 'train_vqvae'), (vg, 'evaluate'), (vg.VideoGPT, '_frame_kv')):
+        monkeypatch.setattr(owner, name, reached)  # training, the demo, scoring, sampling (after its checks)
+    monkeypatch.setattr(data, 'CACHE_DIR', tmp_path)  # the folder datasets' decoded videos
+
+
+def _cli_bases(f):
+    out, tiny = f['out'], ['--in-channels', 3, '--sequence-length', 4, '--resolution', 8, '--downsample', 2, 2, 2,
+                           '--n-hiddens', 16, '--n-res-layers', 1, '--embedding-dim', 8, '--n-codes', 32]
+    data_ = ['--dataset', 'folder', '--data-dir', f['videos'], '--num-workers', 0]
+    return {'train-vqvae': ['train-vqvae', '--out-dir', out + '/tv', *data_, *tiny],
+            'train-gpt': ['train-gpt', '--vqvae', f['vq'], '--out-dir', out + '/tg', *data_, '--n-layer', 1,
+                          '--n-embd', 16, '--n-head', 2],
+            'sample': ['sample', '--gpt', f['nc'], '--out', out + '/s.gif'],
+            'eval': ['eval', '--vqvae', f['vq'], '--n', 2, '--json', out + '/e.json'],
+            'demo': ['demo', '--out-dir', out + '/demo', '--mnist-dir', f['videos']]}
+
+
+def _cli_table(f):
+    """(command, flag, arguments after the command's base ones, exit code, message): a set of bad values per flag."""
+    nowhere, dud = '/nonexistent/x', f['file'] + '/x'  # a missing folder; a path under a file
+    train = [('--out-dir', [dud], 1, 'cannot write in'), ('--steps', [0], 2, r'steps=0: it must be at least 1'),
+             ('--batch-size', [0], 2, 'batch_size=0'), ('--lr', [0], 2, 'lr and grad_clip must be > 0'),
+             ('--lr', ['nan'], 2, 'lr and grad_clip'), ('--warmup', [-1], 2, 'warmup=-1'),
+             ('--weight-decay', [-1], 2, 'weight_decay=-1'), ('--grad-clip', [0], 2, 'lr and grad_clip'),
+             ('--log-every', [0], 2, 'log_every=0'), ('--sample-every', [0], 2, 'sample_every=0'),
+             ('--ckpt-every', [0], 2, 'ckpt_every=0'), ('--seed', [-1], 2, 'seed=-1'),
+             ('--seed', [2 ** 64], 2, 'below 4294967296'), ('--num-workers', [-1], 2, 'num_workers=-1'),
+             ('--compile', ['maybe'], 2, 'not a boolean'), ('--resume', ['ture'], 2, 'not a boolean'),
+             ('--overwrite', ['x'], 2, 'not a boolean'), ('--dataset', ['bogus'], 1, 'unknown dataset'),
+             ('--data-dir', [nowhere], 1, 'no such folder'), ('--mnist-dir', [nowhere], 1, 'no such folder'),
+             ('--n-digits', [0], 2, 'n_digits=0'), ('--dataset-size', [-1], 2, 'dataset_size=-1')]
+    vqvae = [('--preset', ['bogus'], 2, 'invalid choice'), ('--in-channels', [0], 2, 'in_channels=0'),
+             ('--sequence-length', [0], 2, 'sequence_length=0'), ('--sequence-length', [5], 2, 'not divisible'),
+             ('--resolution', [0], 2, 'resolution=0'), ('--downsample', [3, 4, 4], 2, 'powers of 2'),
+             ('--downsample', [2, 2], 2, 'expected 3 arguments'), ('--n-hiddens', [1], 2, 'at least 2'),
+             ('--n-hiddens', [15], 2, 'divisible by n_head'), ('--n-res-layers', [-1], 2, 'n_res_layers=-1'),
+             ('--n-head', [0], 2, 'n_head=0'), ('--axial-attention', ['maybe'], 2, 'not a boolean'),
+             ('--embedding-dim', [0], 2, 'embedding_dim=0'), ('--n-codes', [0], 2, 'n_codes=0'),
+             ('--n-codes', [40_000], 2, 'below 32769'), ('--beta', [-1], 2, 'beta=-1'),
+             ('--ema-decay', [1], 2, 'below 1'), ('--dead-code-threshold', [-1], 2, 'dead_code_threshold=-1')]
+    gpt = [('--preset', ['bogus'], 2, 'invalid choice'), ('--n-layer', [0], 2, 'n_layer=0'),
+           ('--n-head', [0], 2, 'n_head=0'), ('--n-head', [3], 2, 'divisible by n_head=3'),
+           ('--n-embd', [0], 2, 'n_embd=0'), ('--dropout', [1], 2, 'below 1'),
+           ('--attn-dropout', [-0.5], 2, 'attn_dropout=-0.5'), ('--causal', ['maybe'], 2, 'not a boolean'),
+           ('--n-cond-frames', [-1], 2, 'n_cond_frames=-1'), ('--frame-width', [0], 2, 'frame_width=0'),
+           ('--cond-dim', [-1], 2, 'cond_dim=-1'), ('--cond-dropout', [0.5], 2, 'needs cond_dim > 0'),
+           ('--fast-attention', ['maybe'], 2, 'not a boolean'),
+           ('--tasks', ['bogus', '--causal', 'false'], 2, 'unknown task'),
+           ('--tasks', ['fp'], 2, 'need a masked prior'), ('--vqvae', [nowhere], 1, 'no checkpoint at'),
+           ('--vqvae', [f['nc']], 1, "holds a 'gpt' model where a 'vqvae'"),
+           ('--codes-file', [dud], 1, 'cannot write in'), ('--codes-file', [f['vq']], 1, 'is not a codes file')]
+    fp, mk, ar = ['--gpt', f['mk'], '--task', 'fp'], ['--gpt', f['mk']], ['--gpt', f['ar']]
+    sample = [('--gpt', [nowhere], 1, 'no checkpoint at'), ('--gpt', [f['vq']], 1, "holds a 'vqvae' model"),
+              ('--vqvae', [nowhere], 1, 'no checkpoint at'), ('--vqvae', [f['nc']], 1, "holds a 'gpt' model"),
+              ('--n', [0], 2, r'n=0: it must be at least 1'), ('--n', [10 ** 9], 2, r'and below \d+ \(--n\)'),
+              ('--n', ['two'], 2, 'invalid int'), ('--n', [7, *fp, '--from', 'val'], 1, 'the val split holds 6 videos'),
+              ('--out', ['x.jpg'], 2, 'write a .gif, .mp4 or .png'), ('--out', [nowhere + '.png'], 1, 'cannot write'),
+              ('--task', ['bogus'], 2, 'invalid choice'), ('--task', ['opc'], 2, '--task and --from go together'),
+              ('--task', ['opc', '--from', 'val', '--n', 2], 1, 'raster-order prefix'),
+              ('--from', ['/no/such.mp4', *fp], 1, 'no such video file'), ('--from', ['vall', *fp], 1, 'vall: no such'),
+              ('--from', [f['videos'], *fp], 1, 'no such video file'),
+              ('--n-given', [2, *mk, '--task', 'opc', '--from', 'val'], 2, 'the latent frames --task fp gives'),
+              ('--n-given', [2, *fp, '--from', 'val'], 2, 'leaves nothing to generate'),
+              ('--n-given', [0, *fp, '--from', 'val'], 2, 'leaves nothing to condition on'),
+              ('--steps', [5], 2, 'steps counts the passes'), ('--steps', [0, *mk], 2, 'steps must be a positive'),
+              ('--steps', [10 ** 6, *mk], 2, 'at most the 32 tokens'), ('--frames', [5], 1, 'multiple of 2'),
+              ('--frames', [2_000_000], 1, r'from 4 to \d+ \(4 GiB'), ('--guidance', [2], 2, 'cond_dropout=0.1'),
+              ('--guidance', ['nan'], 2, 'needs a finite value'), ('--labels', ['x'], 2, 'invalid int'),
+              ('--labels', [7, *ar], 1, r'class labels must be \(8,\) in \[0, 3\)'),
+              ('--labels', [1], 1, 'no vector conditioning: drop --actions and --labels'),
+              ('--frames-from', ['val'], 1, 'drop --frames-from: this prior takes no frames'),
+              ('--actions', [f['objects.npy'], *ar], 1, 'not a .npy of numbers'),
+              ('--actions', [nowhere], 1, 'no such file'), ('--top-p', [0], 2, r'top_p in \(0, 1\]'),
+              ('--top-p', [0.9, *mk], 2, 'causal priors only'), ('--temperature', [-1], 2, 'temperature >= 0'),
+              ('--temperature', ['nan'], 2, 'temperature >= 0'), ('--top-k', [0], 2, 'top_k >= 1'),
+              ('--top-k', [1, *mk], 2, 'causal priors only'), ('--seed', [-1], 2, 'seed=-1'),
+              ('--dataset', ['bogus'], 2, 'invalid choice'), ('--dataset', ['folder'], 1, 'pick the videos of --from'),
+              ('--data-dir', [nowhere], 1, 'no such folder'), ('--data-dir', [f['videos']], 1, 'pick the videos'),
+              ('--mnist-dir', [nowhere], 1, 'no such folder')]
+    nc, grey = ['--gpt', f['nc'], '--context', 2, '--future', 2], ['--vqvae', f['vq64'], '--gpt', f['nc64']]
+    eval_ = [('--vqvae', [nowhere], 1, 'no checkpoint at'), ('--vqvae', [f['nc']], 1, "holds a 'gpt' model"),
+             ('--gpt', [nowhere], 1, 'no checkpoint at'), ('--gpt', [f['vq']], 1, "holds a 'vqvae' model"),
+             ('--n', [0], 2, r'n=0: it must be at least 1'), ('--n', [10 ** 9], 2, r'and below \d+ \(--n\)'),
+             ('--n', [7], 1, 'the held-out set holds 6 videos'), ('--context', [0], 2, 'context=0'),
+             ('--context', [1, '--gpt', f['nc'], '--future', 2], 2, r'at least 2 context frames: one latent frame'),
+             ('--future', [-1], 2, 'future=-1'),
+             ('--future', [10 ** 9, *nc[:4]], 2, r'future=1000000000: .* below \d+'),
+             ('--steps', [5, *nc], 2, 'steps counts the passes'), ('--steps', [5], 2, 'add --gpt'),
+             ('--steps', [0, *nc, '--gpt', f['mk']], 2, 'steps must be a positive'),
+             ('--batch-size', [0], 2, 'batch_size=0'), ('--test-seq', [f['seq.npy']], 2, 'add --gpt'),
+             ('--test-seq', [f['seq.npy'], *nc], 2, "Moving MNIST's 64x64 grey videos"),
+             ('--test-seq', [f['seq.npy'], *nc, '--gpt', f['ar']], 2, 'a prior with cond_dim=0'),
+             ('--test-seq', [nowhere, *nc, *grey], 1, 'does not exist'),
+             ('--test-seq', [f['seq.npy'], *nc, *grey, '--n', 3], 1, 'seq.npy holds 2 videos; pass --n 2'),
+             ('--json', [f['out'] + '/e.txt'], 2, 'name a .json file'), ('--json', [f['vq']], 2, 'name a .json'),
+             ('--json', [nowhere + '.json'], 1, 'cannot write in'),
+             ('--json', [f['foreign.json']], 1, 'foreign.json exists and is not from an eval run'),
+             ('--json', [f['orphan.json'], *nc], 1, 'orphan.gif exists and is not from an eval run'),
+             ('--i3d', [nowhere], 1, 'no such file'), ('--i3d', [f['state_dict.pt'], '--n', 1], 2, 'FVD compares two'),
+             ('--i3d', [f['state_dict.pt']], 1, 'not a TorchScript network'),
+             ('--temperature', [-1], 2, 'temperature >= 0'), ('--temperature', ['nan', *nc], 2, 'temperature >= 0'),
+             ('--top-k', [0], 2, 'top_k >= 1'), ('--top-k', [5], 2, 'add --gpt'),
+             ('--top-k', [1, *nc, '--gpt', f['mk']], 2, 'causal priors only'), ('--seed', [-1], 2, 'seed=-1'),
+             ('--seed', ['x'], 2, 'invalid int'), ('--dataset', ['bogus'], 2, 'invalid choice'),
+             ('--dataset', ['bair'], 1, 'no bair_done.json'), ('--data-dir', [nowhere], 1, 'no such folder'),
+             ('--mnist-dir', [nowhere], 1, 'no such folder')]
+    demo = [('--out-dir', [dud], 1, 'cannot write in'), ('--mnist-dir', [nowhere], 1, 'no such folder'),
+            ('--vqvae-steps', [0], 2, 'vqvae_steps=0'), ('--gpt-steps', [0], 2, 'gpt_steps=0')]
+    return ([('train-vqvae', *row) for row in train + vqvae] + [('train-gpt', *row) for row in train + gpt] +
+            [('sample', *row) for row in sample] + [('eval', *row) for row in eval_] + [('demo', *row) for row in demo])
+
+
+def _main_exit(argv, capsys):
+    """(exit code, the one message line, stderr) of vg.main(argv), run in this process."""
+    with pytest.raises(SystemExit) as e:
+        vg.main(list(map(str, argv)))
+    err, code = capsys.readouterr().err, e.value.code
+    return (code, err.strip().splitlines()[-1], err) if isinstance(code, int) else (1, code, err)
+
+
+def test_every_flag_of_every_command_has_bad_values_in_the_table(cli):
+    sub = next(a for a in vg.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {(cmd, a.option_strings[-1]) for cmd, p in sub.choices.items() for a in p._actions
+             if a.option_strings and a.dest != 'help'}
+    assert flags == {(cmd, flag) for cmd, flag, *_ in _cli_table(cli)}  # a new flag needs its bad values here
+
+
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')  # torch.jit.load, for --i3d
+def test_every_bad_value_is_a_one_line_error_before_any_work(cli, at_work, capsys):
+    bases = _cli_bases(cli)
+    for argv in bases.values():  # the base commands are valid: they reach the work, where at_work stops them
+        with pytest.raises(_Reached):
+            vg.main(list(map(str, argv)))
+    for cmd, flag, args, want, pattern in _cli_table(cli):
+        code, message, err = _main_exit([*bases[cmd], flag, *args], capsys)
+        case = f"{cmd} {flag} {args}: exit {code}, {err!r}"
+        assert code == want and 'Traceback' not in err and '\n' not in message, case
+        assert re.search(pattern, message) and (code == 1 or ': error: ' in message), case  # argparse's last line
+
+
+def test_eval_writes_only_its_own_json_and_a_gif_beside_it(cli, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(data, 'CACHE_DIR', tmp_path)
+    run = ['eval', '--vqvae', cli['vq'], '--gpt', cli['nc'], '--context', 2, '--future', 2, '--n', 2, '--top-k', 1]
+    vg.main(list(map(str, run + ['--json', tmp_path / 'e.json'])))
+    scores = json.loads((tmp_path / 'e.json').read_text())
+    assert scores[data.EVAL_MARK] and scores['videos'] == 2 and iio.imread(tmp_path / 'e.gif').shape[0] == 4
+    vg.main(list(map(str, run + ['--json', tmp_path / 'e.json'])))  # its own files: written again
+    (tmp_path / 'e.json').unlink()
+    code, message, _ = _main_exit(run + ['--json', tmp_path / 'e.json'], capsys)  # a .gif no JSON of eval's is beside
+    assert code == 1 and 'e.gif exists and is not from an eval run' in message
+    shutil.copy(cli['vq'], tmp_path / 'copy.json')  # a checkpoint under a .json name
+    before = (tmp_path / 'copy.json').read_bytes()
+    code, message, _ = _main_exit(run + ['--json', tmp_path / 'copy.json'], capsys)
+    assert code == 1 and 'copy.json exists and is not from an eval run' in message
+    assert (tmp_path / 'copy.json').read_bytes() == before and not (tmp_path / 'copy.gif').exists()
+
+
+def test_bench_checks_the_original_code_and_the_workloads_before_running_any(tmp_path):
+    (tmp_path / 'videogpt').mkdir()
+    for name in ('__init__.py', 'gpt.py', 'vqvae.py'):  # the files are there, the classes are not
+        (tmp_path / 'videogpt' / name).write_text('')
+    bench = [sys.executable, os.path.join(HERE, 'benchmarks', 'bench.py')]
+    r = subprocess.run(bench + ['--original', str(tmp_path), '--workloads', 'sample', '--steps', '1'],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and 'is not the original code (AttributeError' in r.stderr and 'Traceback' not in r.stderr
+    assert r.stdout == ''  # none of our workloads ran first
+    for workloads in ('bogus', 'prior@many', 'orig-vqvae'):
+        r = subprocess.run(bench + ['--workloads', workloads], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2 and 'choose from vqvae, prior, prior-bair, sample' in r.stderr, r.stderr
 
 
 def test_presets_build_with_their_paper_shapes():

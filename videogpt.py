@@ -45,6 +45,20 @@ from data import export_weights, find_vqvae, gpt_inputs, load_checkpoint, save_c
 # ==================================================================================================================
 # Stage one, the VQ-VAE (VideoGPT section 3.1): its configuration
 
+def need(ok, message):
+    """Raise ValueError(message) unless ok: a check in one line, its message naming the fix."""
+    if not ok:
+        raise ValueError(message)
+
+
+def check_fields(cfg, low, high, *names):
+    """Raise naming the flag unless low <= value < high for each named field of the dataclass cfg (NaN fails too)."""
+    for name in names:
+        v = getattr(cfg, name)
+        need(low <= v < high, f"{name}={v}: it must be at least {low}{f' and below {high}' if high < math.inf else ''} "
+                              f"(--{name.replace('_', '-')})")
+
+
 @dataclass
 class VQVAEConfig:
     in_channels: int = 1               # 1 for Moving MNIST, 3 for RGB
@@ -63,6 +77,12 @@ class VQVAEConfig:
 
     def __post_init__(self):
         self.downsample = tuple(self.downsample)
+        check_fields(self, 1, math.inf, 'in_channels', 'sequence_length', 'resolution', 'n_head', 'embedding_dim')
+        check_fields(self, 1, 2 ** 15 + 1, 'n_codes')  # codes files store int16
+        check_fields(self, 0, math.inf, 'n_res_layers', 'beta', 'dead_code_threshold')
+        check_fields(self, 0, 1, 'ema_decay')
+        need(self.n_hiddens >= 2 and self.n_hiddens % self.n_head == 0, f"n_hiddens={self.n_hiddens} must be at least "
+             f"2 (the residual blocks halve it) and divisible by n_head={self.n_head}")
         for d, n, axis in zip(self.downsample, (self.sequence_length, self.resolution, self.resolution), 'THW'):
             if d < 1 or d & (d - 1):
                 raise ValueError(f"downsample factors must be powers of 2, got {self.downsample}")
@@ -356,6 +376,9 @@ class GPTConfig:
 
     def __post_init__(self):
         self.latent_shape, self.tasks = tuple(self.latent_shape), tuple(self.tasks)
+        check_fields(self, 1, math.inf, 'n_codes', 'n_layer', 'n_head', 'n_embd', 'frame_channels', 'frame_width')
+        check_fields(self, 0, math.inf, 'n_cond_frames', 'cond_dim')
+        check_fields(self, 0, 1, 'dropout', 'attn_dropout')
         if self.causal and self.tasks != ('uncond',):
             raise ValueError(f"tasks={self.tasks} need a masked prior: set causal=False (causal ones learn prefixes)")
         for task in self.tasks:
@@ -481,12 +504,26 @@ class Block(nn.Module):
 # ------------------------------------------------------------------------------------------------------------------
 # The autoregressive prior, its KV-cached sampling and classifier-free guidance
 
+def check_knobs(cfg=None, temperature=1.0, top_k=None, top_p=None, steps=None, guidance=1.0, return_logits=False):
+    """Raise unless the sampling options are valid and, given the prior's GPTConfig cfg, apply to its kind of prior."""
+    need(temperature >= 0 and math.isfinite(temperature) and (top_k is None or top_k >= 1) and
+         (top_p is None or 0 < top_p <= 1), f"temperature={temperature}, top_k={top_k}, top_p={top_p}: use "
+         "temperature >= 0 (0: greedy), top_k >= 1 and top_p in (0, 1], or None to switch a filter off")
+    if cfg is None:
+        return
+    need(not cfg.causal or steps is None, "steps counts the passes of masked decoding; a causal prior takes one step "
+                                          "per token: drop it")
+    need(cfg.causal or steps is None or isinstance(steps, int) and 1 <= steps <= cfg.block_size, f"steps must be a "
+         f"positive integer, at most the {cfg.block_size} tokens (12 is MaskGIT's choice), got {steps!r}")
+    need(cfg.causal or (top_k, top_p, return_logits, guidance) == (None, None, False, 1.0), "top_k, top_p, "
+         "return_logits, guidance: causal priors only; a masked prior decodes by confidence (sample_masked): drop them")
+    need(guidance == 1.0 or cfg.cond_dropout and math.isfinite(guidance), f"guidance={guidance} needs a finite value "
+         "and the null condition learned: train the prior with cond_dropout=0.1")
+
+
 def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """(B, K) logits -> (B,) token ids, drawn after temperature, top-k and nucleus (top-p) filtering."""
-    if not (temperature >= 0 and math.isfinite(temperature)) or (top_k is not None and top_k < 1) or \
-            (top_p is not None and not 0 < top_p <= 1):
-        raise ValueError(f"temperature={temperature}, top_k={top_k}, top_p={top_p}: use temperature >= 0 (0: "
-                         "greedy), top_k >= 1 and top_p in (0, 1], or None to switch a filter off")
+    check_knobs(None, temperature, top_k, top_p)
     logits = logits / max(temperature, 1e-6)  # temperature 0 would divide by zero; this is greedy in effect
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
@@ -565,16 +602,14 @@ class VideoGPT(nn.Module):
         """n code grids (n, t, h, w) int64, a token a step with a KV cache. top_k=1: greedy; return_logits adds (n, t,
         h, w, K); guidance g: logits u + g (c - u); given codes stay where given_mask (t, h, w) or (n, t, h, w) is True
         (a prefix). n_latent_frames > t: sample_long; masked priors: sample_masked in `steps` passes."""
+        check_knobs(self.config, temperature, top_k, top_p, steps, guidance, return_logits)
         knobs = dict(temperature=temperature, generator=generator, given=given, given_mask=given_mask)
         if n_latent_frames not in (None, self.config.latent_shape[0]):
             return self.sample_long(n, n_latent_frames, frames, cond, top_k=top_k, top_p=top_p, guidance=guidance,
                                     steps=steps, **knobs)
         if not self.config.causal:
-            if top_k is not None or top_p is not None or return_logits or guidance != 1.0:
-                raise ValueError("top_k, top_p, return_logits, guidance: causal priors only; see sample_masked")
-            return self.sample_masked(n, frames, cond, 12 if steps is None else steps, **knobs)
-        frames, cond, given, given_mask = check_sampling_inputs(
-            self, n, frames, cond, given, given_mask, steps, guidance)
+            return self.sample_masked(n, frames, cond, steps, **knobs)
+        frames, cond, given, given_mask = check_sampling_inputs(self, n, frames, cond, given, given_mask)
         cfg, L, guided, was_training = self.config, self.config.block_size, guidance != 1.0, self.training
         if guided:  # one batch of 2n: the n videos under their condition, then under the null condition
             cond = torch.cat([cond, torch.zeros_like(cond)])
@@ -675,13 +710,15 @@ def masked_inputs(gpt, tokens, mask=None):
 
 
 @torch.no_grad()
-def sample_masked(gpt, n, frames=None, cond=None, steps=12, temperature=1.0, choice_temperature=4.5,
+def sample_masked(gpt, n, frames=None, cond=None, steps=None, temperature=1.0, choice_temperature=4.5,
                   generator=None, given=None, given_mask=None):
-    """(n, t, h, w) codes by MaskGIT decoding (Chang et al. 2022), `steps` passes, causal=False; given ones stay.
-    Also a method: gpt.sample_masked(n, ...)."""
+    """(n, t, h, w) codes by MaskGIT decoding (Chang et al. 2022), `steps` passes (default 12), causal=False; given
+    ones stay. Also a method: gpt.sample_masked(n, ...)."""
     if gpt.config.causal:
         raise ValueError("sample_masked needs a bidirectional prior: build it with GPTConfig(causal=False)")
-    frames, cond, given, given_mask = check_sampling_inputs(gpt, n, frames, cond, given, given_mask, steps=steps)
+    check_knobs(gpt.config, temperature, steps=steps)
+    steps = 12 if steps is None else steps  # MaskGIT's choice for its 256-token images
+    frames, cond, given, given_mask = check_sampling_inputs(gpt, n, frames, cond, given, given_mask)
     cfg, L, was_training = gpt.config, gpt.config.block_size, gpt.training
     gpt.eval()
     dev, MASK = gpt.sos.device, cfg.n_codes
@@ -776,7 +813,8 @@ def check_prior_inputs(gpt, codes=None, frames=None, cond=None, batch=None):
             raise ValueError(f"vector-conditioned prior: pass cond ({batch}, {cfg.cond_dim}) or int labels (B,)")
         if not cond.is_floating_point():  # class labels -> one-hot vectors
             if cond.shape != (batch,) or cond.min() < 0 or cond.max() >= cfg.cond_dim:
-                raise ValueError(f"class labels must be ({batch},) in [0, {cfg.cond_dim}), got {tuple(cond.shape)}")
+                raise ValueError(f"class labels must be ({batch},) in [0, {cfg.cond_dim}), got {tuple(cond.shape)}: "
+                                 f"{cond.flatten()[:8].tolist()}")
             cond = F.one_hot(cond.long(), cfg.cond_dim).float()
         cond = cond.reshape(cond.shape[0], -1)  # BAIR's (B, T, 4) actions are flattened to (B, 4T)
         if cond.shape != (batch, cfg.cond_dim):
@@ -790,16 +828,11 @@ def check_prior_inputs(gpt, codes=None, frames=None, cond=None, batch=None):
     return frames, cond
 
 
-def check_sampling_inputs(gpt, n, frames, cond, given, given_mask, steps=None, guidance=1.0):
-    """check_prior_inputs' frames and cond for n samples, then given (n, L) int64 and given_mask (n, L) bool, or
-    Nones; steps and guidance against the kind of prior."""
+def check_sampling_inputs(gpt, n, frames, cond, given, given_mask):
+    """check_prior_inputs' frames and cond for n >= 1 samples, then given (n, L) int64 and given_mask (n, L) bool, or
+    Nones (the sampling options: check_knobs)."""
     cfg, shape = gpt.config, gpt.config.latent_shape
-    if cfg.causal and steps is not None:
-        raise ValueError("steps counts the passes of masked decoding; a causal prior takes one step per token")
-    if not cfg.causal and not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"steps must be a positive integer (12 is MaskGIT's choice), got {steps!r}")
-    if cfg.causal and guidance != 1.0 and not cfg.cond_dropout:
-        raise ValueError("guidance needs the null condition learned: train the prior with cond_dropout=0.1")
+    need(isinstance(n, int) and n >= 1, f"n={n!r}: sample at least one video (an int n >= 1)")
     frames, cond = check_prior_inputs(gpt, None, frames, cond, batch=n)
     if given is None and given_mask is None:
         return frames, cond, None, None
@@ -881,15 +914,22 @@ def complete_video(vqvae, gpt, video, task, n_given=1, frames=None, cond=None, g
     return vqvae.decode(codes).clamp(-0.5, 0.5), repeat(given_mask, 't h w -> (t a) (h b) (w c)', a=a, b=b, c=c)
 
 
+def check_prediction(vc, gc, T0, n_future):
+    """Raise unless T0 context frames reach the prior (GPTConfig gc) via its VQ-VAE (VQVAEConfig vc); n_future > 0."""
+    t, d = vc.latent_shape[0], vc.downsample[0]
+    least = gc.n_cond_frames or d  # its conditioning frames, or one whole latent frame: less would reach it as nothing
+    need(n_future >= 1 and min(T0, (t - 1) * d) >= least, f"{T0} context frames and n_future={n_future}: give at least "
+         f"1 of each, and at least {least} context frames: " + (f"n_cond_frames={least} for this frame-conditioned "
+         f"prior" if gc.n_cond_frames else f"one latent frame (the VQ-VAE downsamples time by {d})"))
+
+
 @torch.no_grad()
 def predict_frames(vqvae, gpt, context, n_future, cond=None, generator=None, **sampling):
     """Real frames context (B, C, T0, H, W) -> n_future predicted frames (B, C, n_future, H, W), sliding if needed."""
     vc, gc, T0 = vqvae.config, gpt.config, context.shape[2]
+    check_prediction(vc, gc, T0, n_future)
     t, d, T = vc.latent_shape[0], vc.downsample[0], vc.sequence_length
     s = max(0, T0 - (t - 1) * d)  # the window's first frame: a latent frame is left to sample
-    if T0 < 1 or n_future < 1 or T0 - s < gc.n_cond_frames:
-        raise ValueError(f"{T0} context frames and n_future={n_future}: give at least 1 of each, and at least "
-                         f"n_cond_frames={gc.n_cond_frames} frames for this frame-conditioned prior")
     if T0 >= T and t > 1 and not gc.n_cond_frames:  # a whole window of real frames: its codes, as in training
         codes = vqvae.encode(context[:, :, T0 - T:])  # (B, t, h, w); the encoder mixes a window's frames
         given = dict(given=codes.roll(-1, dims=1), given_mask=task_mask('fp', vc.latent_shape, t - 1))
@@ -942,6 +982,10 @@ def frechet_distance(feats_a, feats_b):
 @torch.no_grad()
 def fvd(videos_a, videos_b, i3d, batch_size=16):
     """Frechet video distance of (N, C, T, H, W) in [-0.5, 0.5]; i3d: (B, 3, T, 224, 224) in [-1, 1] -> (B, 400)."""
+    for videos in (videos_a, videos_b):
+        check_pixels(videos, 'FVD video')
+        need(videos.ndim == 5 and len(videos) >= 2 and videos.shape[1] in (1, 3), f"FVD videos must be (N, C, T, H, "
+             f"W), N >= 2 per set (a covariance; hundreds for a stable score), C 1 or 3, got {tuple(videos.shape)}")
     device, features = next(iter(i3d.parameters()), torch.empty(0)).device, ([], [])
     for videos, out in zip((videos_a, videos_b), features):  # FVD: Unterthiner et al. 2018
         for v in videos.split(batch_size):
@@ -959,22 +1003,27 @@ def codebook_stats(counts):
 
 def prediction_scores(pred, real):
     """Moving MNIST leaderboard scores of pred vs real (B, C, T, H, W) in [-0.5, 0.5], each (B,): MSE per frame (squared
-    error summed over its pixels in [0, 1]), SSIM, PSNR per frame; all averaged over frames."""
+    error summed over its pixels in [0, 1]), SSIM (nan below 11x11 pixels), PSNR per frame; all averaged over frames."""
     frames = [rearrange(v.float(), 'B C T H W -> (B T) C 1 H W') for v in (pred, real)]
-    return dict(mse=(pred.float() - real.float()).pow(2).sum((1, 3, 4)).mean(1), ssim=ssim(pred, real),
+    s = ssim(pred, real) if min(pred.shape[-2:]) >= 11 else torch.full((len(pred),), math.nan)  # as evaluate's
+    return dict(mse=(pred.float() - real.float()).pow(2).sum((1, 3, 4)).mean(1), ssim=s,
                 psnr=psnr(*frames).view(len(pred), -1).mean(1))
 
 
 @torch.no_grad()
 def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
-    """Held-out scores of videos (N, C, T, H, W) in [-0.5, 0.5]: reconstruction, codebook_stats, bits per token."""
+    """Held-out scores of videos (N, C, T, H, W) in [-0.5, 0.5], cond (N, ...) if the prior takes one: reconstruction
+    (PSNR capped at 100 dB as psnr(); NMSE nan for constant videos), codebook_stats, bits per token."""
+    check_pixels(video)
+    need(batch_size >= 1 and (cond is None or len(cond) == len(video)), f"batch_size={batch_size}, {len(video)} videos"
+         f" and {'no' if cond is None else len(cond)} cond: batch_size >= 1 and one cond (label, actions) per video")
     modes = {m: m.training for m in (vqvae, gpt) if m is not None}  # eval mode (the codebook stays still), restored
     for m in modes:
         m.eval()
     device = next(vqvae.parameters()).device
     sq = nats = ssim_sum = 0.0
     counts = torch.zeros(vqvae.config.n_codes, dtype=torch.long)
-    conds = [None] * len(video) if cond is None else cond.split(batch_size)  # zip stops at the videos' batches
+    conds = [None] * len(video) if cond is None else cond.split(batch_size)
     for x, c in zip(video.split(batch_size), conds):
         x = x.to(device)
         out = vqvae(x)
@@ -987,9 +1036,9 @@ def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
             nats += gpt(out['codes'], frames, None if c is None else c.to(device))[1].item() * len(x)
     for m, mode in modes.items():
         m.train(mode)
-    mse, (perplexity, usage) = sq / video.numel(), codebook_stats(counts)
-    scores = dict(psnr=10 * math.log10(1 / mse), ssim=ssim_sum / len(video), nmse=mse / video.float().var().item(),
-                  perplexity=perplexity, usage=usage)
+    mse, var, (perplexity, usage) = sq / video.numel(), video.float().var().item(), codebook_stats(counts)
+    scores = dict(psnr=10 * math.log10(1 / max(mse, 1e-10)), ssim=ssim_sum / len(video),
+                  nmse=mse / var if var else math.nan, perplexity=perplexity, usage=usage)
     if gpt is not None:
         scores.update(bits_per_token=nats / len(video) / math.log(2), uniform_bits=math.log2(gpt.config.n_codes))
     return scores
@@ -1050,7 +1099,7 @@ PRETRAINED = {  # name: {file in weights/NAME/: sha256}, made by the README's Re
 
 
 def load_pretrained(name='moving-mnist', device='cpu'):
-    """(vqvae, gpt) in eval mode from the weights committed under weights/NAME/, after checking their sha256."""
+    """(vqvae, gpt) in eval mode from the weights committed under weights/NAME/: the bytes whose sha256 was checked."""
     if name not in PRETRAINED:
         raise ValueError(f"no pretrained weights named {name!r}: choose one of {', '.join(PRETRAINED)}")
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights', name)
@@ -1088,12 +1137,10 @@ class TrainConfig:
     codes_file: str = ''             # train-gpt: encode a fixed-size dataset once into this file and train on it
 
     def __post_init__(self):
-        for name in ('steps', 'batch_size', 'log_every', 'sample_every', 'ckpt_every'):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: it must be at least 1 (--{name.replace('_', '-')})")
-        if not (self.lr > 0 and self.warmup >= 0 and self.num_workers >= 0 and self.grad_clip > 0):
-            raise ValueError(f"lr={self.lr}, warmup={self.warmup}, num_workers={self.num_workers} and grad_clip="
-                             f"{self.grad_clip}: lr and grad_clip must be > 0, warmup and num_workers >= 0")
+        check_fields(self, 1, math.inf, 'steps', 'batch_size', 'log_every', 'sample_every', 'ckpt_every', 'n_digits')
+        check_fields(self, 0, math.inf, 'warmup', 'num_workers', 'weight_decay', 'dataset_size')
+        check_fields(self, 0, 2 ** 32, 'seed')  # numpy's generators take no negative seed; loader seeds mix in steps
+        need(self.lr > 0 and self.grad_clip > 0, f"lr and grad_clip must be > 0, got {self.lr}, {self.grad_clip}")
 
 
 def setup_device():
@@ -1293,30 +1340,51 @@ def _fill(cfg, args):
     return replace(cfg, **{f.name: vars(args)[f.name] for f in fields(cfg) if vars(args).get(f.name) is not None})
 
 
+# The most video values (float32) a command holds in one set: 4 GiB, and it holds two or three sets (real, decoded,
+# predicted). --n, --frames, --context and --future are bounded by it, each in its error message.
+MAX_VALUES = 2 ** 30
+
+
+def check_eval_args(p, args):
+    """`eval`'s flags and files, every one checked before any scoring: (vqvae, gpt or None, held-out videos, videos to
+    predict or None, I3D network or None)."""
+    data.check_paths(args, files=('i3d',), folders=('data_dir', 'mnist_dir'))
+    vqvae, gpt = load_model(args.vqvae, 'vqvae'), load_model(args.gpt, 'gpt') if args.gpt else None
+    vc, gc, pixels = vqvae.config, gpt and gpt.config, vqvae.config.in_channels * vqvae.config.resolution ** 2
+    try:  # a flag's value: a usage error
+        need(args.json.endswith('.json'), f"--json {args.json}: name a .json file (the predictions go beside, .gif)")
+        check_fields(args, 1, math.inf, 'batch_size')
+        check_fields(args, 0, 2 ** 32, 'seed')
+        check_fields(args, 1, MAX_VALUES // (pixels * vc.sequence_length) + 1, 'n')
+        check_fields(args, 1, MAX_VALUES // (pixels * args.n) + 1, 'context')
+        check_fields(args, 0, MAX_VALUES // (pixels * args.n) - args.context + 1, 'future')
+        need(gc or not (args.test_seq or args.top_k or args.steps), "--test-seq, --top-k, --steps: add --gpt")
+        need(not args.i3d or args.n >= 2, "--i3d: FVD compares two sets of --n 2 or more videos (hundreds for a score)")
+        need(not args.test_seq or args.future and not gc.cond_dim and (vc.in_channels, vc.resolution) == (1, 64),
+             "--test-seq holds Moving MNIST's 64x64 grey videos without labels: give --future >= 1, a VQ-VAE of 1 "
+             "channel at 64x64 and a prior with cond_dim=0")
+        check_knobs(gc, args.temperature, args.top_k, steps=args.steps)
+        if gc and args.future:
+            check_prediction(vc, gc, args.context, args.future)
+    except ValueError as e:
+        p.error(str(e))
+    return (vqvae, gpt, *data.eval_inputs(args, vc, bool(gc and args.future)))  # the files and data: data errors
+
+
 @torch.no_grad()
-def eval_command(args):
+def eval_command(p, args):
     """`eval`: evaluate(), --context -> --future frame prediction with a prior, FVD with --i3d; a table and a JSON."""
-    device, t0 = setup_device()[0], time.time()
-    vqvae = load_model(args.vqvae, 'vqvae').to(device)
-    gpt = load_model(args.gpt, 'gpt').to(device) if args.gpt else None
-    ckpt, vc = load_checkpoint(args.gpt or args.vqvae), vqvae.config  # the prior's data: its labels or actions
-    held = data.held_out(args, ckpt, vc.sequence_length, vc.resolution)
-    n = min(args.n, len(held))
+    t0, (vqvae, gpt, held, ds, i3d), device = time.time(), check_eval_args(p, args), setup_device()[0]
+    vqvae, gpt, n, grid = vqvae.to(device), gpt and gpt.to(device), args.n, None
     batch = torch.utils.data.default_collate([held[i] for i in tqdm(range(n), desc='videos', disable=None)])
     cond = gpt_inputs(gpt.config, batch)[1] if gpt else None
     scores = dict(videos=n, **evaluate(vqvae, gpt, batch['video'], cond, args.batch_size))
     real, fake = batch['video'], None  # what FVD compares: reconstructions, or predicted continuations
-    if gpt is not None and args.future:
-        T = args.context + args.future
-        ds = (data.load_moving_mnist_test(args.test_seq, md5=None, n_context=args.context) if args.test_seq else
-              data.held_out(args, ckpt, T, vc.resolution))
-        if ds[0]['video'].shape[1] < T:
-            sys.exit(f"the held-out videos have {ds[0]['video'].shape[1]} frames, fewer than --context + --future")
-        sampling = dict(temperature=args.temperature, **(dict(top_k=args.top_k) if gpt.config.causal else
-                                                          dict(steps=args.steps)))  # masked decoding takes no top_k
-        g, sums, real, fake, m = torch.Generator(device).manual_seed(args.seed), {}, [], [], min(n, len(ds))
-        for start in tqdm(range(0, m, args.batch_size), desc='prediction', disable=None):
-            b = torch.utils.data.default_collate([ds[i] for i in range(start, min(m, start + args.batch_size))])
+    if ds is not None:
+        T, sampling = args.context + args.future, dict(temperature=args.temperature, top_k=args.top_k, steps=args.steps)
+        g, sums, real, fake = torch.Generator(device).manual_seed(args.seed), {}, [], []
+        for start in tqdm(range(0, n, args.batch_size), desc='prediction', disable=None):
+            b = torch.utils.data.default_collate([ds[i] for i in range(start, min(n, start + args.batch_size))])
             x, c = b['video'][:, :, :T], gpt_inputs(gpt.config, b)[1]
             pred = predict_frames(vqvae, gpt, x[:, :, :args.context].to(device), args.future,
                                   None if c is None else c.to(device), g, **sampling).cpu()
@@ -1325,22 +1393,29 @@ def eval_command(args):
             real.append(x), fake.append(torch.cat([x[:, :, :args.context], pred], dim=2))
         real, fake = torch.cat(real), torch.cat(fake)
         scores.update({f'{args.context}->{args.future} {k}': v / len(real) for k, v in sums.items()})
-        data.save_video_grid(torch.cat([real[:8], fake[:8]]), os.path.splitext(args.json)[0] + '.gif',
-                             nrow=min(8, len(real)))  # real videos on the top row, predictions below
-    if args.i3d:
+        grid = torch.cat([real[:8], fake[:8]])  # real videos on the top row, predictions below
+    if i3d:
         if fake is None:
             fake = torch.cat([vqvae(x.to(device))['x_hat'].clamp(-0.5, 0.5).cpu() for x in real.split(args.batch_size)])
-        scores['fvd'] = fvd(real, fake, torch.jit.load(args.i3d, map_location=device).eval(), args.batch_size)
+        scores['fvd'] = fvd(real, fake, i3d.to(device), args.batch_size)
     scores['seconds'] = round(time.time() - t0, 1)
     print('\n'.join(f"{k:<24} {v:.4g}" if isinstance(v, float) else f"{k:<24} {v}" for k, v in scores.items()))
-    info = {k: getattr(args, k) for k in 'vqvae gpt test_seq context future temperature top_k seed'.split()}
-    data.write_json(args.json, dict(info, **scores))
+    info = {k: getattr(args, k) for k in 'vqvae gpt test_seq context future temperature top_k steps seed'.split()}
+    data.write_json(args.json, {data.EVAL_MARK: True, **info, **scores})  # the mark: eval may write here again
+    if grid is not None:  # after its JSON: a .gif is written only beside a JSON of eval's
+        data.save_video_grid(grid, args.json[:-len('.json')] + '.gif', nrow=min(8, len(real)))
     print(f"wrote {args.json}")
     return scores
 
 
-def demo(args):
+def demo(p, args):
     """Both stages on Moving MNIST with the 'demo' preset, then samples.gif and recon.png in args.out_dir."""
+    try:
+        check_fields(args, 1, math.inf, 'vqvae_steps', 'gpt_steps')
+    except ValueError as e:
+        p.error(str(e))
+    data.check_paths(args, folders=('mnist_dir',))
+    data.check_writable(args.out_dir, '--out-dir', folder=True)
     vcfg, gcfg = preset_configs('demo')
     common = dict(dataset='mnist', mnist_dir=args.mnist_dir, n_digits=1, dataset_size=10_000, num_workers=0,
                   log_every=50, warmup=100, overwrite=True, batch_size=8)  # one digit: two drew scribbles (RESULTS.md)
@@ -1365,32 +1440,49 @@ def demo(args):
 
 
 def train_command(p, args):
-    """`train-vqvae` / `train-gpt`: a preset's configs, then the flags that were given."""
+    """`train-vqvae` / `train-gpt`: a preset's configs, then the flags that were given, all checked before training."""
     vcfg, gcfg = preset_configs(args.preset)
+    if args.cmd == 'train-gpt':  # the prior models the codes of this VQ-VAE
+        if not args.vqvae:
+            p.error("train-gpt needs --vqvae PATH/ckpt.pt (from train-vqvae)")
+        vcfg = VQVAEConfig(**load_checkpoint(args.vqvae, 'vqvae')['config'])
+        gcfg = fit_prior(gcfg, vcfg)
     try:  # a value the configs refuse (--steps 0, --downsample 3 4 4) is a usage error, not a traceback
         tcfg = _fill(TrainConfig(out_dir=os.path.join('runs', args.cmd.split('-')[1])), args)
-        if args.cmd == 'train-vqvae':
-            vcfg = _fill(vcfg, args)
-        elif not tcfg.vqvae:
-            p.error("train-gpt needs --vqvae PATH/ckpt.pt (from train-vqvae)")
-        else:  # the prior models the codes of this VQ-VAE
-            gcfg = _fill(fit_prior(gcfg, VQVAEConfig(**load_checkpoint(tcfg.vqvae, 'vqvae')['config'])), args)
+        vcfg, gcfg = (_fill(vcfg, args), gcfg) if args.cmd == 'train-vqvae' else (vcfg, _fill(gcfg, args))
     except ValueError as e:
         p.error(str(e))
-    if args.cmd == 'train-vqvae':
-        train_vqvae(vcfg, tcfg)
-    else:
-        train_gpt(gcfg, tcfg)
+    data.check_paths(args, folders=('data_dir', 'mnist_dir'))
+    data.check_writable(tcfg.out_dir, '--out-dir', folder=True)
+    data.check_writable(tcfg.codes_file, '--codes-file')
+    dataset = data.make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)  # the data too, before training
+    train_vqvae(vcfg, tcfg, dataset) if args.cmd == 'train-vqvae' else train_gpt(gcfg, tcfg, dataset)
+
+
+def check_sample_args(p, args):
+    """`sample`'s flags, every one checked before sampling: (the prior's checkpoint, its VQ-VAE's VQVAEConfig)."""
+    data.check_paths(args, files=('actions',), folders=('data_dir', 'mnist_dir'))
+    args.vqvae = find_vqvae(args.gpt, args.vqvae)
+    ckpt, vc = load_checkpoint(args.gpt, 'gpt'), VQVAEConfig(**load_checkpoint(args.vqvae, 'vqvae')['config'])
+    gc = GPTConfig(**ckpt['config'])
+    try:  # a flag's value: a usage error
+        need(args.out.lower().endswith(('.gif', '.mp4', '.png')), f"--out {args.out}: write a .gif, .mp4 or .png")
+        need(bool(args.task) == bool(args.from_), "--task and --from go together: --task fp --from clip.mp4 (or val)")
+        need(args.n_given is None or args.task == 'fp', "--n-given: the latent frames --task fp gives; drop it")
+        args.n_given = 1 if args.n_given is None else args.n_given
+        task_mask(args.task or 'uncond', gc.latent_shape, args.n_given)  # a task this grid allows: K < t for fp
+        check_fields(args, 1, MAX_VALUES // (vc.in_channels * vc.sequence_length * vc.resolution ** 2) + 1, 'n')
+        check_fields(args, 0, 2 ** 32, 'seed')
+        check_knobs(gc, args.temperature, args.top_k, args.top_p, args.steps, args.guidance)
+    except ValueError as e:
+        p.error(str(e))
+    data.check_writable(args.out, '--out')
+    return ckpt, vc
 
 
 def sample_command(p, args):
     """`sample`: new videos to a file, or with --task real videos (first row) and their completions below."""
-    if os.path.splitext(args.out)[1].lower() not in ('.gif', '.mp4', '.png'):  # before the sampling work
-        p.error(f"--out {args.out}: write a .gif, .mp4 or .png")
-    if bool(args.task) != bool(args.from_):
-        p.error("--task and --from go together: --task fp --from clip.mp4 (or --from val)")
-    args.vqvae = find_vqvae(args.gpt, args.vqvae)
-    videos, frames, cond, n_latent = data.sample_inputs(args)
+    videos, frames, cond, n_latent = data.sample_inputs(args, *check_sample_args(p, args))
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance=args.guidance,
                     steps=args.steps, n_latent_frames=n_latent)  # steps: masked priors only; causal ones refuse it
     if not args.task:
@@ -1413,9 +1505,11 @@ def build_parser():
     for cmd, cfg_cls, what in (('train-vqvae', VQVAEConfig, 'the VQ-VAE (stage 1)'),
                                ('train-gpt', GPTConfig, 'the prior (stage 2)')):
         t = sub.add_parser(cmd, help=f"train {what}")
-        t.add_argument('--preset', default='mnist', help=f"one of {', '.join(PRESETS)}")
-        _add_dataclass_args(t, cfg_cls, skip=('n_codes', 'latent_shape') if cfg_cls is GPTConfig else ())
-        _add_dataclass_args(t, TrainConfig)
+        t.add_argument('--preset', default='mnist', choices=list(PRESETS))
+        # The prior's codes and frames are the VQ-VAE's (fit_prior); its file and codes file are train-gpt's only.
+        gpt = cfg_cls is GPTConfig
+        _add_dataclass_args(t, cfg_cls, skip=('n_codes', 'latent_shape', 'frame_channels', 'frame_size') * gpt)
+        _add_dataclass_args(t, TrainConfig, skip=('vqvae', 'codes_file') * (not gpt))
     s = sub.add_parser('sample', help="sample videos from a prior checkpoint, or complete a real one (--task)")
     s.add_argument('--gpt', required=True, help="the prior's ckpt.pt")
     s.add_argument('--vqvae', default='', help="its VQ-VAE's ckpt.pt (default: the one it was trained on)")
@@ -1424,7 +1518,7 @@ def build_parser():
     s.add_argument('--task', choices=list(TASKS), help="complete the videos of --from: " + '; '.join(
         f'{k}: {v}' for k, v in TASKS.items()))
     s.add_argument('--from', dest='from_', metavar='VIDEO', help="with --task: a video file, or val / train")
-    s.add_argument('--n-given', type=int, default=1, help="latent frames given by --task fp")
+    s.add_argument('--n-given', type=int, default=None, help="latent frames given by --task fp (default 1)")
     s.add_argument('--steps', type=int, default=None, help="forward passes of masked decoding (default 12)")
     s.add_argument('--frames', type=int, default=None, help="pixel frames per video past the VQ-VAE's window: slides")
     s.add_argument('--guidance', type=float, default=1.0, help="classifier-free guidance scale (1: none)")
@@ -1438,7 +1532,7 @@ def build_parser():
     e.add_argument('--n', type=int, default=256, help="held-out videos")
     e.add_argument('--context', type=int, default=10, help="real frames given for prediction")
     e.add_argument('--future', type=int, default=10, help="frames predicted (0: none)")
-    e.add_argument('--steps', type=int, default=12, help="masked priors' passes")
+    e.add_argument('--steps', type=int, default=None, help="masked priors' passes (default 12)")
     e.add_argument('--batch-size', type=int, default=16)
     e.add_argument('--test-seq', default='', help="mnist_test_seq.npy: predict its videos")
     e.add_argument('--json', default='eval.json', help="the scores; the predictions go to the same name .gif")
@@ -1447,7 +1541,7 @@ def build_parser():
         parser.add_argument('--temperature', type=float, default=1.0)
         parser.add_argument('--top-k', type=int, default=None)
         parser.add_argument('--seed', type=int, default=0)
-        parser.add_argument('--dataset', default='')
+        parser.add_argument('--dataset', default='', choices=('mnist', 'bair', 'folder'))
         parser.add_argument('--data-dir', default='')
         parser.add_argument('--mnist-dir', default='')
     d = sub.add_parser('demo', help="both stages on Moving MNIST on a CPU (8-10 min on 2 cores), then samples.gif")
@@ -1459,18 +1553,16 @@ def build_parser():
 
 
 def main(argv=None):
+    """Usage errors exit with code 2 (argparse), a missing or wrong file and data that disagree with 1, in one line."""
     p = build_parser()
     args = p.parse_args(argv)
-    if args.cmd in ('train-vqvae', 'train-gpt'):
-        train_command(p, args)
-    elif args.cmd == 'sample':
-        sample_command(p, args)
-    elif args.cmd == 'eval':
-        if args.n < 1 or args.batch_size < 1 or args.future < 0 or args.context < 1:
-            p.error("--n, --batch-size and --context must be at least 1, --future at least 0")
-        eval_command(args)
-    elif args.cmd == 'demo':
-        demo(args)
+    command = dict(sample=sample_command, eval=eval_command, demo=demo).get(args.cmd, train_command)
+    try:
+        command(p, args)
+    except (ValueError, OSError, FloatingPointError) as e:  # our checks' errors, each naming its fix
+        if os.environ.get('VIDEOGPT_TRACEBACK'):  # for debugging: the whole stack
+            raise
+        sys.exit(' '.join(str(e).splitlines()))  # one line, whatever raised it
 
 
 if __name__ == '__main__':

@@ -81,6 +81,7 @@ def prior_flops_per_token(cfg):
     return 6 * n_params + 12 * cfg.n_layer * L * D
 
 
+KINDS = ('vqvae', 'prior', 'prior-bair', 'sample')  # workloads, each of ours beside the original's with --original
 # Latent grids by token count: the prior step's 2,048 and the sampling workload's 256 are the fixed workloads.
 GRIDS = {256: (4, 8, 8), 1024: (4, 16, 16), 2048: (8, 16, 16), 4096: (16, 16, 16), 8192: (8, 32, 32)}
 
@@ -245,12 +246,28 @@ def main():
                    "original's in turn, and report each one's median run: this machine's speed drifts within minutes")
     p.add_argument('--json', help="also write the results to this file")
     args = p.parse_args()
+    if min(args.threads, args.steps, args.repeat) < 1:
+        p.error("--threads, --steps and --repeat must be at least 1")
+    for name in args.workloads.split(','):  # a name we cannot run is a usage error, before anything runs
+        try:
+            known = parse(name)[1] in KINDS and not name.startswith('orig-')
+        except ValueError:  # 'prior@many'
+            known = False
+        if not known:
+            p.error(f"--workloads: no workload {name!r}; choose from {', '.join(KINDS)}, prior@TOKENS or "
+                    f"sample@TOKENS@BATCH (TOKENS: {', '.join(map(str, GRIDS))}), separated by commas")
     torch.set_num_threads(args.threads)
     if args.one:
         print(json.dumps(run_one(args.one, torch.device(args.device), args.steps, args.original, args.dropout)))
         return
-    if args.original:
-        check_original(args.original)  # fail now, not after our workloads
+    if args.original:  # fail now, not after our workloads: the original's classes must import and have their methods
+        try:
+            vqvae, gpt, _ = load_original(args.original)
+            vqvae.decode, gpt.sample  # noqa: B018 (what the workloads call)
+        except Exception as e:
+            sys.exit(f"--original {args.original} is not the original code ({type(e).__name__}: "
+                     f"{(str(e).splitlines() or [''])[0]}): pass the folder that holds a checkout of "
+                     "github.com/wilson1yan/VideoGPT's videogpt/")
     # Each of ours next to the original's: a slow spell of the machine then hits both sides of a ratio alike.
     names = []
     for n in args.workloads.split(','):
