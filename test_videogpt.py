@@ -1648,6 +1648,7 @@ def _cli_table(f):
              ('--i3d', [nowhere], 1, 'no such file'), ('--i3d', [f['state_dict.pt'], '--n', 1], 2, 'FVD compares two'),
              ('--i3d', [f['state_dict.pt']], 1, 'not a TorchScript network'),
              ('--temperature', [-1], 2, 'temperature >= 0'), ('--temperature', ['nan', *nc], 2, 'temperature >= 0'),
+             ('--temperature', [0.5], 2, 'needs a prior: add --gpt'), ('--future', [3], 2, 'needs a prior'),
              ('--top-k', [0], 2, 'top_k >= 1'), ('--top-k', [5], 2, 'add --gpt'),
              ('--top-k', [1, *nc, '--gpt', f['mk']], 2, 'causal priors only'), ('--seed', [-1], 2, 'seed=-1'),
              ('--seed', ['x'], 2, 'invalid int'), ('--dataset', ['bogus'], 2, 'invalid choice'),

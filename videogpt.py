@@ -1364,6 +1364,8 @@ def check_eval_args(p, args):
              "--test-seq holds Moving MNIST's 64x64 grey videos without labels: give --future >= 1, a VQ-VAE of 1 "
              "channel at 64x64 and a prior with cond_dim=0")
         check_knobs(gc, args.temperature, args.top_k, steps=args.steps)
+        need(gc or not (args.seed or args.temperature != 1 or (args.context, args.future) != (10, 10)),
+             "--seed, --temperature, --context, --future set frame prediction, which needs a prior: add --gpt")
         if gc and args.future:
             check_prediction(vc, gc, args.context, args.future)
     except ValueError as e:
