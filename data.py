@@ -304,9 +304,8 @@ class MovingMNIST(Dataset):
     def __init__(self, digits, n_frames=20, n_digits=2, length=10_000, seed=0, labels=None):
         # length only sets the epoch size (default: as many as the fixed test set); videos are made on the fly.
         assert digits.dtype == np.uint8 and digits.shape[1:] == (DIGIT_SIZE, DIGIT_SIZE), digits.shape
-        if labels is not None and (n_digits != 1 or len(labels) != len(digits)):
-            raise ValueError(f'labels need one digit per video and one label per digit: got n_digits={n_digits}, '
-                             f'{len(labels)} labels for {len(digits)} digits')
+        if labels is not None and len(labels) != len(digits):
+            raise ValueError(f'labels need one label per digit: got {len(labels)} labels for {len(digits)} digits')
         self.digits, self.n_frames, self.n_digits, self.length, self.seed = digits, n_frames, n_digits, length, seed
         self.labels = labels
 
@@ -340,9 +339,15 @@ class MovingMNIST(Dataset):
                 patch = video[t, y:y + DIGIT_SIZE, x:x + DIGIT_SIZE]
                 np.maximum(patch, self.digits[digit], out=patch)  # pixel-wise max where digits overlap, as the original
         item = {'video': to_video(video)}
-        if self.labels is not None:
+        if self.labels is not None and self.n_digits == 1:  # a class for class-conditional priors: one digit only
             item['label'] = torch.tensor(self.labels[ids[0]], dtype=torch.int64)
         return item
+
+    def classes(self, idx):
+        """(n_digits,) int64: the classes of the digits that video idx shows (for the digit reader's 'kept')."""
+        if self.labels is None:
+            raise ValueError("this MovingMNIST was built without labels: pass labels= to know its digits' classes")
+        return torch.as_tensor(self.labels[self.trajectory(idx)[0]], dtype=torch.int64)
 
 
 MMNIST_TEST_URL = 'http://www.cs.toronto.edu/~nitish/unsupervised_video/mnist_test_seq.npy'
@@ -729,7 +734,7 @@ def make_dataset(tcfg, n_frames, resolution, train=True):
         # sets are fixed (10,000 videos, as many as the standard test file) so that scores are comparable.
         size = tcfg.dataset_size or (FRESH if train else 10_000)
         return MovingMNIST(digits, n_frames=n_frames, n_digits=tcfg.n_digits, seed=tcfg.seed + (not train),
-                           labels=labels if tcfg.n_digits == 1 else None, length=size)
+                           labels=labels, length=size)
     if tcfg.dataset in ('bair', 'folder') and not tcfg.data_dir:  # never scan the current folder by accident
         raise ValueError(f"--dataset {tcfg.dataset} needs --data-dir DIR: "
                          f"{'the folder data.py bair wrote' if tcfg.dataset == 'bair' else 'a folder of videos'}")
@@ -1195,15 +1200,30 @@ def read_digits(reader, video, batch_size=512):
     return probs.view(video.shape[0], video.shape[2], 10)
 
 
+def digit_reading(reader, video, classes):
+    """{'legible': ..., 'kept': ...}: shares of the frames of video (B, 1, T, 64, 64) whose digits, classes (B, 2), the
+    reader finds (digit_scores)."""
+    return {k: v.float().mean().item() for k, v in digit_scores(read_digits(reader, video), classes).items()}
+
+
+def two_digit_classes(dataset, n):
+    """(n, 2) digit classes of the first n videos of a two-digit, labelled MovingMNIST at 64x64, else None: what
+    the digit reader can score."""
+    if not (isinstance(dataset, MovingMNIST) and dataset.n_digits == 2 and dataset.labels is not None):
+        return None
+    return torch.stack([dataset.classes(i) for i in range(n)])
+
+
 def digit_scores(probs, digits=None):
     """Per frame (B, T) bool: 'legible', the reader finds two digits (its second most likely has p > 0.5), and, given
-    the digits (B, 2) the video shows, 'kept', its two most likely digits are those two (for a pair of equal digits,
-    its most likely one is that digit)."""
+    the digits (B, 2) the video shows, 'kept', it names those two: its two most likely digits, both with p > 0.5 (for
+    a pair of equal digits, its most likely one, with p > 0.5). Without the p > 0.5, a blank frame's arbitrary top two
+    would sometimes match."""
     top = probs.topk(2, dim=-1)
     scores = dict(legible=top.values[..., 1] > 0.5)
     if digits is not None:
         a, b = digits[:, None, 0], digits[:, None, 1]  # (B, 1)
         first, second = top.indices[..., 0], top.indices[..., 1]
-        pair = ((first == a) & (second == b)) | ((first == b) & (second == a))
-        scores['kept'] = torch.where(a == b, first == a, pair)
+        pair = (((first == a) & (second == b)) | ((first == b) & (second == a))) & scores['legible']
+        scores['kept'] = torch.where(a == b, (first == a) & (top.values[..., 0] > 0.5), pair)
     return scores

@@ -1,6 +1,7 @@
 """Tests for videogpt.py (and data.py): tiny configs on CPU, all seeded. Run: python -m pytest -q test_videogpt.py"""
 import argparse
 import copy
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -1953,8 +1954,10 @@ def test_data_moving_mnist_labels_name_the_digit_shown():
         shown = round((item['video'].max().item() + 0.5) * 255 / 20) - 1  # which digit is in the video
         assert item['label'].dtype == torch.int64 and item['label'].item() == labels[shown]
     assert 'label' not in data.MovingMNIST(digits, n_frames=4, n_digits=1)[0]
-    with pytest.raises(ValueError, match='one digit per video'):
-        data.MovingMNIST(digits, n_frames=4, n_digits=2, labels=labels)
+    two = data.MovingMNIST(digits, n_frames=4, n_digits=2, labels=labels)  # no 'label': a pair is not one class
+    assert 'label' not in two[0] and all(labels[i] in two.classes(0).tolist() for i in two.trajectory(0)[0])
+    with pytest.raises(ValueError, match='one label per digit'):
+        data.MovingMNIST(digits, n_frames=4, n_digits=2, labels=labels[:3])
     with pytest.raises(ValueError, match='--n-digits 1'):  # a class-conditional prior on unlabelled videos
         vg.gpt_inputs(vg.GPTConfig(cond_dim=10), {'video': torch.zeros(2, 1, 4, 64, 64)})
 
@@ -2293,7 +2296,28 @@ def test_digit_scores_legible_and_kept_by_hand():
     probs[2, :, [1, 2]] = torch.tensor([0.7, 0.6])    # reads 1 and 2, but the video shows 1 and 4
     s = data.digit_scores(probs, torch.tensor([[7, 3], [5, 5], [1, 4]]))
     assert s['legible'].tolist() == [[True, False], [False, False], [True, True]]
-    assert s['kept'].tolist() == [[True, True], [True, True], [False, False]]
+    assert s['kept'].tolist() == [[True, False], [True, True], [False, False]]  # named: p > 0.5 for both
+
+
+def test_eval_reads_two_digit_moving_mnist_with_the_digit_reader(tmp_path, capsys):
+    """eval on two-digit Moving MNIST adds the reader's legible / kept for real frames and reconstructions (the
+    ceilings), and kept for the prediction beside black frames (never kept) and the last frame repeated."""
+    _data_fake_mnist(tmp_path / 'mnist', n=40)  # random pixels in MNIST's real format: the tests have no MNIST
+    torch.manual_seed(0)
+    vq = tiny_vqvae(sequence_length=4, resolution=64, downsample=(2, 8, 8))
+    vq(torch.rand(2, 1, 4, 64, 64) - 0.5)
+    data.save_checkpoint(tmp_path / 'vq.pt', kind='vqvae', config=dataclasses.asdict(vq.config),
+                         model=vq.state_dict(), train_config=dict(mnist_dir=str(tmp_path / 'mnist'), n_digits=2))
+    gpt = tiny_gpt(n_codes=32, latent_shape=(2, 8, 8))
+    data.save_checkpoint(tmp_path / 'gpt.pt', kind='gpt', config=dataclasses.asdict(gpt.config), model=gpt.state_dict(),
+                         train_config=dict(mnist_dir=str(tmp_path / 'mnist'), n_digits=2), vqvae_rel='vq.pt')
+    vg.main(['eval', '--vqvae', str(tmp_path / 'vq.pt'), '--gpt', str(tmp_path / 'gpt.pt'), '--n', '2', '--context',
+             '4', '--future', '2', '--top-k', '1', '--json', str(tmp_path / 'e.json')])
+    scores = json.load(open(tmp_path / 'e.json'))
+    for key in ('legible real', 'kept real', 'legible reconstructed', 'kept reconstructed', '4->2 kept',
+                '4->2 kept last frame', '4->2 mse black', '4->2 ssim last frame'):
+        assert 0 <= scores[key] <= (1 if 'mse' not in key else 4096), key
+    assert scores['4->2 kept black'] == 0.0 and 'kept real' in capsys.readouterr().out
 
 
 def test_shuffle_tiles_keeps_the_pixels_and_breaks_the_layout():

@@ -1382,16 +1382,28 @@ def eval_command(p, args):
     cond = gpt_inputs(gpt.config, batch)[1] if gpt else None
     scores = dict(videos=n, **evaluate(vqvae, gpt, batch['video'], cond, args.batch_size))
     real, fake = batch['video'], None  # what FVD compares: reconstructions, or predicted continuations
+    classes, reader = data.two_digit_classes(held, n), data.load_digit_reader()  # two-digit Moving MNIST: read it
+    if classes is not None:  # what a viewer sees: frames whose two digits the reader names, real frames the ceiling
+        recon = torch.cat([vqvae(x.to(device))['x_hat'].clamp(-0.5, 0.5).cpu() for x in real.split(args.batch_size)])
+        for name, v in (('real', real), ('reconstructed', recon)):
+            scores.update({f'{k} {name}': s for k, s in data.digit_reading(reader, v, classes).items()})
     if ds is not None:
         T, sampling = args.context + args.future, dict(temperature=args.temperature, top_k=args.top_k, steps=args.steps)
         g, sums, real, fake = torch.Generator(device).manual_seed(args.seed), {}, [], []
+        classes = data.two_digit_classes(ds, n)
         for start in tqdm(range(0, n, args.batch_size), desc='prediction', disable=None):
             b = torch.utils.data.default_collate([ds[i] for i in range(start, min(n, start + args.batch_size))])
             x, c = b['video'][:, :, :T], gpt_inputs(gpt.config, b)[1]
             pred = predict_frames(vqvae, gpt, x[:, :, :args.context].to(device), args.future,
                                   None if c is None else c.to(device), g, **sampling).cpu()
-            for k, v in prediction_scores(pred, x[:, :, args.context:]).items():
-                sums[k] = sums.get(k, 0.0) + v.sum().item()
+            future = x[:, :, args.context:]  # beside the prediction, two trivial baselines: black, the last frame again
+            for name, p in (('', pred), (' black', torch.full_like(future, -0.5)),
+                            (' last frame', x[:, :, args.context - 1:args.context].expand_as(future))):
+                for k, v in prediction_scores(p, future).items():
+                    sums[k + name] = sums.get(k + name, 0.0) + v.sum().item()
+                if classes is not None:
+                    kept = data.digit_reading(reader, p, classes[start:start + len(x)])['kept'] * len(x)
+                    sums['kept' + name] = sums.get('kept' + name, 0.0) + kept
             real.append(x), fake.append(torch.cat([x[:, :, :args.context], pred], dim=2))
         real, fake = torch.cat(real), torch.cat(fake)
         scores.update({f'{args.context}->{args.future} {k}': v / len(real) for k, v in sums.items()})
