@@ -13,7 +13,6 @@ Printed, each beside its ceiling or trivial baseline:
 - legible among --samples unconditional samples.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,15 +27,12 @@ import videogpt as vg  # noqa: E402
 def held_out_videos(mnist_dir, n, n_frames):
     """(videos (n, 1, n_frames, 64, 64), digit classes (n, 2)) of held-out digits, as `eval` draws them."""
     ds = data.make_dataset(vg.TrainConfig(mnist_dir=mnist_dir, n_digits=2), n_frames, 64, train=False)
-    labels = data.mnist_digits(mnist_dir, train=False, download=False)[1]
-    videos = torch.stack([ds[i]['video'] for i in range(n)])
-    return videos, torch.stack([torch.as_tensor(labels[ds.trajectory(i)[0]]) for i in range(n)])
+    return torch.stack([ds[i]['video'] for i in range(n)]), data.two_digit_classes(ds, n)
 
 
 def reading(reader, video, classes):
     """(legible, kept) shares of the frames of video (B, 1, T, 64, 64) showing classes (B, 2)."""
-    s = data.digit_scores(data.read_digits(reader, video), classes)
-    return s['legible'].float().mean().item(), s['kept'].float().mean().item()
+    return tuple(data.digit_reading(reader, video, classes).values())
 
 
 def reconstruct(vqvae, video, batch_size):
