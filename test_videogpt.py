@@ -482,6 +482,9 @@ def test_task_masks_give_the_documented_regions():
     want['ipc'] = ~want['opc']
     want['oph'][:, :, 1:4] = True
     want['opv'][:, 1:3] = True
+    for i, col in enumerate((3, 2, 1, 0)):  # seed 0 draws a direction along -w: the 2x3 box slides left, one a frame
+        want['opd'][i, 1:3, col:col + 3] = True
+    want['ipd'] = ~want['opd']
     for name in vg.TASKS:
         assert torch.equal(vg.task_mask(name, shape, n_given=2), want[name]), name
     _raises(ValueError, r"unknown task 'xx'.*fp, fi", lambda: vg.task_mask('xx', shape))
@@ -490,6 +493,34 @@ def test_task_masks_give_the_documented_regions():
     _raises(ValueError, r'nothing to condition on', lambda: vg.task_mask('fp', shape, n_given=0))
     _raises(ValueError, r'need a masked prior.*causal=False', lambda: vg.GPTConfig(tasks=('fp',)))
     _raises(ValueError, r"unknown task 'fpp'", lambda: vg.GPTConfig(causal=False, tasks=('fpp',)))
+
+
+def test_dynamic_tasks_move_their_box_linearly_end_to_end_in_a_seeded_direction():
+    shape, directions = (5, 8, 10), set()
+    for seed in range(20):
+        box = vg.moving_box(shape, seed)
+        assert torch.equal(vg.task_mask('opd', shape, seed=seed), box)
+        assert torch.equal(vg.task_mask('ipd', shape, seed=seed), ~box)
+        assert torch.equal(vg.moving_box(shape, seed), box)  # the seed fixes it
+        corners = []
+        for frame in box:  # every frame: one 4x5 box, inside the grid
+            rows, cols = frame.any(1).nonzero()[:, 0], frame.any(0).nonzero()[:, 0]
+            assert frame.sum() == 20 and len(rows) == 4 and len(cols) == 5
+            corners.append((rows[0].item(), cols[0].item()))
+        c = np.array(corners)  # (t, 2): ends opposite about the centred corner (2, 2.5), linear within rounding
+        assert np.abs(c[0] + c[-1] - [4, 5]).max() <= 1 and np.abs(np.diff(c, 2, axis=0)).max() <= 1
+        assert (c[[0, -1]] == 0).any() or (c[[0, -1]] == [4, 5]).any()  # it goes as far as the grid lets it
+        directions.add(tuple(np.sign(c[-1] - c[0])))
+    assert len(directions) >= 4  # seeds point it in different directions
+    torch.manual_seed(0)
+    masks = vg.draw_task_masks(('opd',), shape, 8).view(8, *shape)
+    assert len({tuple(m.nonzero()[0].tolist()) for m in masks}) > 1  # per video, not one direction for all
+    state = torch.get_rng_state()  # static tasks draw what they drew before: old runs resume the same
+    vg.draw_task_masks(('fp', 'opc'), shape, 8)
+    after = torch.get_rng_state()
+    torch.set_rng_state(state)
+    torch.randint(2, (8,)), torch.randint(1, 5, (8,))  # the task, then fp's n_given: nothing more
+    assert torch.equal(torch.get_rng_state(), after)
 
 
 def test_schedule_masks_exactly_ceil_n_cos_among_the_unknown_tokens():

@@ -654,20 +654,38 @@ class VideoGPT(nn.Module):
 TASKS = dict(fp='frame prediction: the first n_given latent frames', fi='frame interpolation: the first and last',
              opc='central outpainting: a central box', oph='horizontal outpainting: a central vertical band',
              opv='vertical outpainting: a central horizontal band', ipc='central inpainting: all but a central box',
+             opd='dynamic outpainting: a box moving across the frames', ipd='dynamic inpainting: all but a moving box',
              uncond='unconditional generation: nothing')
 
 
-def task_mask(task, latent_shape, n_given=1):
-    """(t, h, w) bool, True where `task` (TASKS) gives the tokens; boxes and bands span the central half of an axis."""
+def moving_box(latent_shape, seed=0):
+    """(t, h, w) bool: a box of half the height and width whose corner moves linearly over the t latent frames, between
+    opposite ends of the room the grid leaves it, in a direction drawn from seed (MAGVIT's dynamic tasks)."""
+    t, h, w = latent_shape
+    angle = 2 * math.pi * torch.rand((), generator=torch.Generator().manual_seed(seed)).item()
+    centre, step = np.array([(h - h // 2) / 2, (w - w // 2) / 2]), np.array([math.sin(angle), math.cos(angle)])
+    reach = min([c / abs(s) for c, s in zip(centre, step) if abs(s) > 1e-9 and c > 0], default=0.0)  # box stays in
+    box = torch.zeros(latent_shape, dtype=torch.bool)
+    for i in range(t):  # from centre - reach * step at the first latent frame to centre + reach * step at the last
+        y, x = np.rint(centre + step * reach * (2 * i / max(1, t - 1) - 1)).astype(int)
+        box[i, y:y + h // 2, x:x + w // 2] = True
+    return box
+
+
+def task_mask(task, latent_shape, n_given=1, seed=0):
+    """(t, h, w) bool, True where `task` (TASKS) gives the tokens; boxes and bands span the central half of an axis;
+    seed: the direction of the dynamic tasks' moving box."""
     t, h, w = latent_shape
     given = torch.zeros(latent_shape, dtype=torch.bool)  # as in MAGVIT, 'opc' gives a quarter of each frame
     rows, cols = slice((h - h // 2) // 2, (h + h // 2) // 2), slice((w - w // 2) // 2, (w + w // 2) // 2)
     region = dict(fp=np.s_[:n_given], fi=np.s_[[0, -1]], opc=np.s_[:, rows, cols], oph=np.s_[:, :, cols],
                   opv=np.s_[:, rows], ipc=np.s_[:, rows, cols], uncond=np.s_[:0])  # np.s_[i]: the index i itself
+    if task in ('opd', 'ipd'):  # a bool mask indexes itself
+        region[task] = moving_box(latent_shape, seed)
     if task not in region:
         raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
     given[region[task]] = True
-    given = ~given if task == 'ipc' else given  # inpainting generates the box that outpainting gives
+    given = ~given if task in ('ipc', 'ipd') else given  # inpainting generates the box that outpainting gives
     if task != 'uncond' and (given.all() or not given.any() or n_given < 1):
         raise ValueError(f"task {task!r} (n_given={n_given}) on a {t}x{h}x{w} latent grid leaves nothing to "
                          f"{'generate' if given.all() else 'condition on'}: use a larger grid or another task")
@@ -675,10 +693,13 @@ def task_mask(task, latent_shape, n_given=1):
 
 
 def draw_task_masks(tasks, latent_shape, B, device=None):
-    """(B, L) bool given tokens: one task per video drawn from `tasks`; 'fp' gives 1..t-1 latent frames at random."""
+    """(B, L) bool given tokens: one task per video drawn from `tasks`; 'fp' gives 1..t-1 latent frames at random,
+    'opd' and 'ipd' move their box in a random direction."""
     picks = torch.randint(len(tasks), (B,)).tolist()
     n_given = torch.randint(1, max(2, latent_shape[0]), (B,)).tolist()
-    return torch.stack([task_mask(tasks[k], latent_shape, n).flatten() for k, n in zip(picks, n_given)]).to(device)
+    seeds = torch.randint(2 ** 31, (B,)).tolist() if {'opd', 'ipd'} & set(tasks) else [0] * B  # else: the old draws
+    return torch.stack([task_mask(tasks[k], latent_shape, n, s).flatten()
+                        for k, n, s in zip(picks, n_given, seeds)]).to(device)
 
 
 def lowest(scores, n):
