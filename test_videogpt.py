@@ -523,6 +523,54 @@ def test_dynamic_tasks_move_their_box_linearly_end_to_end_in_a_seeded_direction(
     assert torch.equal(torch.get_rng_state(), after)
 
 
+def test_time_downsampling_sits_early_or_late_and_the_decoder_mirrors_it():
+    for place, want in (('early', [(2, 2, 2), (1, 2, 2), (1, 2, 2)]), ('late', [(1, 2, 2), (1, 2, 2), (2, 2, 2)])):
+        vq = tiny_vqvae(sequence_length=4, resolution=16, downsample=(2, 8, 8), time_downsample=place)
+        assert vg.stage_strides(vq.config) == want
+        assert [c.stride for c in vq.encoder.convs[:-1]] == want and [c.stride for c in vq.decoder.convs] == want[::-1]
+        assert vq(video(T=4, H=16))['x_hat'].shape == (2, 1, 4, 16, 16)
+
+
+def test_reflect_padding_gives_a_featureless_video_one_code_everywhere():
+    """MAGVIT's reason for reflect padding: the same content gets the same codes, at the edges too. Without the
+    position embeddings (no axial attention) a constant video is the same content everywhere."""
+    codes = {}
+    for padding in ('zeros', 'reflect'):
+        torch.manual_seed(0)
+        vq = tiny_vqvae(sequence_length=4, resolution=16, downsample=(2, 4, 4), axial_attention=False, padding=padding)
+        vq(video(T=4, H=16))  # the codebook starts at encoder outputs
+        codes[padding] = vq.eval().encode(torch.full((1, 1, 4, 16, 16), 0.3))
+        assert vq.decode(codes[padding]).shape == (1, 1, 4, 16, 16)
+    assert codes['reflect'].unique().numel() == 1 and codes['zeros'].unique().numel() > 1
+    assert isinstance(tiny_vqvae(padding='reflect').decoder.convs[0][0], torch.nn.Upsample)  # no transposed conv
+
+
+def test_central_inflation_encodes_a_still_video_as_the_2d_tokenizer_encodes_its_frame():
+    """The property tested: right after central inflation, a video whose frames are all one image gets, at every
+    latent frame, exactly the codes the 2D tokenizer (sequence_length=1) gives that image, and decoding those codes
+    gives the 2D decoding at every frame (to 1e-5)."""
+    torch.manual_seed(0)
+    kw = dict(resolution=16, n_hiddens=32, n_res_layers=1, embedding_dim=8, n_codes=32)
+    image_vq = vg.VQVAE(vg.VQVAEConfig(sequence_length=1, downsample=(1, 4, 4), **kw))
+    image = torch.rand(3, 1, 1, 16, 16) - 0.5
+    image_vq(image)
+    image_vq.eval()
+    codes2d = image_vq.encode(image)
+    for downsample, place in (((2, 4, 4), 'early'), ((2, 4, 4), 'late'), ((4, 4, 4), 'early')):
+        cfg = vg.VQVAEConfig(sequence_length=8, downsample=downsample, time_downsample=place, **kw)
+        vq = vg.inflate_from_2d(vg.VQVAE(cfg), image_vq.state_dict()).eval()
+        codes = vq.encode(image.expand(-1, -1, 8, -1, -1))
+        assert torch.equal(codes, codes2d.expand_as(codes)), (downsample, place)
+        torch.testing.assert_close(vq.decode(codes), image_vq.decode(codes2d).expand(-1, -1, 8, -1, -1),
+                                   atol=1e-5, rtol=0)
+        averaged = vg.inflate_from_2d(vg.VQVAE(cfg), image_vq.state_dict(), 'average')
+        w2d, w3d = image_vq.encoder.convs[0].weight, averaged.encoder.convs[0].weight  # time taps sum to the 2D kernel
+        torch.testing.assert_close(w3d.sum(2), w2d[:, :, 1])
+    _raises(ValueError, "mode='middle'", lambda: vg.inflate_from_2d(vq, image_vq.state_dict(), 'middle'))
+    wide = vg.VQVAE(vg.VQVAEConfig(sequence_length=8, downsample=(2, 4, 4), **dict(kw, n_hiddens=64)))
+    _raises(ValueError, 'cannot inflate', lambda: vg.inflate_from_2d(wide, image_vq.state_dict()))
+
+
 def test_schedule_masks_exactly_ceil_n_cos_among_the_unknown_tokens():
     given = torch.stack([vg.task_mask(t, (3, 4, 4)).flatten() for t in ('fp', 'opc', 'uncond', 'ipc')])
     n = (~given).sum(1)  # 32, 36, 48, 4 unknown tokens
@@ -1618,7 +1666,9 @@ def _cli_table(f):
              ('--n-head', [0], 2, 'n_head=0'), ('--axial-attention', ['maybe'], 2, 'not a boolean'),
              ('--embedding-dim', [0], 2, 'embedding_dim=0'), ('--n-codes', [0], 2, 'n_codes=0'),
              ('--n-codes', [40_000], 2, 'below 32769'), ('--beta', [-1], 2, 'beta=-1'),
-             ('--ema-decay', [1], 2, 'below 1'), ('--dead-code-threshold', [-1], 2, 'dead_code_threshold=-1')]
+             ('--ema-decay', [1], 2, 'below 1'), ('--dead-code-threshold', [-1], 2, 'dead_code_threshold=-1'),
+             ('--padding', ['same'], 2, "use 'zeros' or 'reflect'"), ('--time-downsample', ['mid'], 2, "'early' or"),
+             ('--padding', ['reflect', '--downsample', 4, 2, 2], 2, 'every latent axis needs 2 or more')]
     gpt = [('--preset', ['bogus'], 2, 'invalid choice'), ('--n-layer', [0], 2, 'n_layer=0'),
            ('--n-head', [0], 2, 'n_head=0'), ('--n-head', [3], 2, 'divisible by n_head=3'),
            ('--n-embd', [0], 2, 'n_embd=0'), ('--dropout', [1], 2, 'below 1'),

@@ -74,9 +74,13 @@ class VQVAEConfig:
     beta: float = 0.25                 # commitment weight (VQ-VAE eq. 3)
     ema_decay: float = 0.99
     dead_code_threshold: float = 1.0   # restart codes whose EMA count drops below this
+    padding: str = 'zeros'             # 'reflect': MAGVIT's, the same content gets the same codes near an edge
+    time_downsample: str = 'early'     # time halved in the encoder's first stages (3D then 2D, MAGVIT's), or 'late'
 
     def __post_init__(self):
         self.downsample = tuple(self.downsample)
+        need(self.padding in ('zeros', 'reflect') and self.time_downsample in ('early', 'late'), f"padding="
+             f"{self.padding!r}, time_downsample={self.time_downsample!r}: use 'zeros' or 'reflect', 'early' or 'late'")
         check_fields(self, 1, math.inf, 'in_channels', 'sequence_length', 'resolution', 'n_head', 'embedding_dim')
         check_fields(self, 1, 2 ** 15 + 1, 'n_codes')  # codes files store int16
         check_fields(self, 0, math.inf, 'n_res_layers', 'beta', 'dead_code_threshold')
@@ -88,6 +92,8 @@ class VQVAEConfig:
                 raise ValueError(f"downsample factors must be powers of 2, got {self.downsample}")
             if n % d:
                 raise ValueError(f"{axis}={n} is not divisible by its downsample factor {d}: use multiples of {d}")
+        need(self.padding == 'zeros' or min(self.latent_shape) >= 2, f"padding='reflect' reflects a neighbour: every "
+             f"latent axis needs 2 or more, got {self.latent_shape}; use padding='zeros' or downsample less")
 
     @property
     def latent_shape(self):
@@ -102,11 +108,16 @@ def group_norm(channels):
     return nn.GroupNorm(math.gcd(32, channels), channels)  # 32 groups (Wu & He 2018), fewer for narrow trunks
 
 
-def strided_conv(c_in, c_out, stride, transposed=False):
+def strided_conv(c_in, c_out, stride, transposed=False, padding='zeros'):
     # Padding 1: kernel 4 / stride 2 halves an axis ((n + 2 - 4) / 2 + 1), kernel 3 keeps it: any factor builds, even 1.
     # Transposed, its mirror: kernel 4 / stride 2 / padding 1 doubles an axis exactly.
-    conv = nn.ConvTranspose3d if transposed else nn.Conv3d
-    return conv(c_in, c_out, tuple(4 if s == 2 else 3 for s in stride), stride, padding=1)
+    kernel = tuple(4 if s == 2 else 3 for s in stride)
+    if not transposed:
+        return nn.Conv3d(c_in, c_out, kernel, stride, padding=1, padding_mode=padding)
+    if padding == 'zeros':
+        return nn.ConvTranspose3d(c_in, c_out, kernel, stride, padding=1)
+    # torch's transposed convolutions only pad with zeros: reflect upsamples (nearest), then convolves.
+    return nn.Sequential(nn.Upsample(scale_factor=stride), nn.Conv3d(c_in, c_out, 3, padding=1, padding_mode=padding))
 
 
 class AxisPositionEmbedding(nn.Module):
@@ -159,7 +170,7 @@ class AttentionResidualBlock(nn.Module):
         super().__init__()
         dim = cfg.n_hiddens
         self.conv = nn.Sequential(  # a bottleneck to half the width, as in the original code
-            group_norm(dim), nn.ReLU(), nn.Conv3d(dim, dim // 2, 3, padding=1),
+            group_norm(dim), nn.ReLU(), nn.Conv3d(dim, dim // 2, 3, padding=1, padding_mode=cfg.padding),
             group_norm(dim // 2), nn.ReLU(), nn.Conv3d(dim // 2, dim, 1), group_norm(dim), nn.ReLU())
         self.attn = AxialAttention(dim, cfg.n_head) if cfg.axial_attention else None
 
@@ -173,16 +184,24 @@ class AttentionResidualBlock(nn.Module):
         return h if self.attn is None else self.attn(h + rearrange(pos, 't h w D -> D t h w'))
 
 
+def stage_strides(cfg):
+    """The encoder's strides, stage by stage (the decoder's, reversed). Each axis is halved log2(factor) times: time in
+    the first stages ('early', MAGVIT's 3D then 2D downsampling) or the last ('late'). (2, 8, 8) early: (2, 2, 2),
+    (1, 2, 2), (1, 2, 2); late: (1, 2, 2), (1, 2, 2), (2, 2, 2)."""
+    halvings = [int(math.log2(d)) for d in cfg.downsample]
+    n, late = max(halvings), (cfg.time_downsample == 'late', False, False)
+    return [tuple(2 if (i >= n - k if lt else i < k) else 1 for k, lt in zip(halvings, late)) for i in range(n)]
+
+
 class Encoder(nn.Module):
     """(B, C, T, H, W) video, (t, h, w, D) position embeddings -> (B, D, t, h, w), each axis downsampled by 2^k."""
     def __init__(self, cfg):
         super().__init__()
-        D, n_down = cfg.n_hiddens, [int(math.log2(d)) for d in cfg.downsample]  # halvings per axis, e.g. (1, 2, 2)
-        # Stage i halves every axis that still needs halving (i < its count): (1, 2, 2) gives strides (2,2,2), (1,2,2).
-        # Stage 0 reads the C channels: at full resolution, width D costs most.
-        convs = [strided_conv(D if i else cfg.in_channels, D, tuple(2 if i < n else 1 for n in n_down))
-                 for i in range(max(n_down))]  # then a size-keeping conv: the only one when nothing is downsampled
-        self.convs = nn.ModuleList(convs + [nn.Conv3d(D if convs else cfg.in_channels, D, 3, padding=1)])
+        D = cfg.n_hiddens  # stage 0 reads the C channels: at full resolution, width D costs most
+        convs = [strided_conv(D if i else cfg.in_channels, D, stride, padding=cfg.padding)
+                 for i, stride in enumerate(stage_strides(cfg))]  # then a size-keeping conv (the only one without any)
+        self.convs = nn.ModuleList(convs + [nn.Conv3d(D if convs else cfg.in_channels, D, 3, padding=1,
+                                                      padding_mode=cfg.padding)])
         self.blocks = nn.ModuleList([AttentionResidualBlock(cfg) for _ in range(cfg.n_res_layers)])
         self.out = nn.Sequential(group_norm(D), nn.ReLU())
 
@@ -199,15 +218,12 @@ class Decoder(nn.Module):
     """(B, D, t, h, w), (t, h, w, D) position embeddings -> (B, C, T, H, W): the encoder mirrored, transposed."""
     def __init__(self, cfg):
         super().__init__()
-        D, n_up = cfg.n_hiddens, [int(math.log2(d)) for d in cfg.downsample]
+        D, strides = cfg.n_hiddens, stage_strides(cfg)[::-1]  # stage i undoes encoder stage n - 1 - i
         self.blocks = nn.ModuleList([AttentionResidualBlock(cfg) for _ in range(cfg.n_res_layers)])
         self.norm = nn.Sequential(group_norm(D), nn.ReLU())
-        # Stage i mirrors encoder stage n - 1 - i: it doubles the axes with more than i halvings still to undo, so
-        # (1, 2, 2) gives strides (1,2,2), (2,2,2). The last stage writes the C channels.
-        n = max(n_up)
-        stages = [strided_conv(D, cfg.in_channels if i == n - 1 else D, tuple(2 if n - i <= m else 1 for m in n_up),
-                               transposed=True) for i in range(n)]
-        self.convs = nn.ModuleList(stages or [nn.Conv3d(D, cfg.in_channels, 3, padding=1)])
+        stages = [strided_conv(D, cfg.in_channels if i == len(strides) - 1 else D, stride, True, cfg.padding)
+                  for i, stride in enumerate(strides)]  # the last stage writes the C channels
+        self.convs = nn.ModuleList(stages or [nn.Conv3d(D, cfg.in_channels, 3, padding=1, padding_mode=cfg.padding)])
 
     def forward(self, x, pos):
         for block in self.blocks:
@@ -1125,6 +1141,37 @@ def load_pretrained(name='moving-mnist', device='cpu'):
         raise ValueError(f"no pretrained weights named {name!r}: choose one of {', '.join(PRETRAINED)}")
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights', name)
     return tuple(load_model(path).to(device) for path in data.checked_files(folder, PRETRAINED[name]))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# MAGVIT's 3D inflation: a video tokenizer started from an image tokenizer's weights (Yu et al. 2023, section 3.1)
+
+@torch.no_grad()
+def inflate_from_2d(vqvae, state_dict_2d, mode='central'):
+    """Load into vqvae (3D) the weights of a VQ-VAE trained on single frames (VQVAEConfig(sequence_length=1), else
+    the same sizes and stages): each 2D kernel is its time-centre slice; 'central' puts it at the time centre of the
+    3D kernel, zeros elsewhere (two taps for a transposed stride-2 kernel, which reach alternate output frames);
+    'average' spreads it evenly over the taps an output sums. Time position embeddings repeat the single frame's."""
+    need(mode in ('central', 'average'), f"mode={mode!r}: use 'central' or 'average'")
+    target = vqvae.state_dict()
+    for name, w in state_dict_2d.items():
+        need(name in target, f"{name} is not in this VQ-VAE: the 2D one must have the same sizes and stages")
+        want = target[name]
+        if w.ndim == 5 and w.shape[2] == 3 and w.shape[:2] + w.shape[3:] == want.shape[:2] + want.shape[3:]:
+            # A 3-tap time kernel that only ever saw one frame and zero padding: its centre slice is the 2D kernel.
+            kt = want.shape[2]
+            transposed = isinstance(vqvae.get_submodule(name.rsplit('.', 1)[0]), nn.ConvTranspose3d)
+            taps = ([1, 2] if transposed and kt == 4 else [(kt - 1) // 2]) if mode == 'central' else list(range(kt))
+            share = 1 if mode == 'central' else kt / (2 if transposed else 1)  # a stride-2 transposed output sums 2
+            centre = w[:, :, 1:2].expand_as(want[:, :, taps]) / share  # the 2D kernel on each chosen tap
+            w = torch.zeros_like(want).index_copy_(2, torch.tensor(taps), centre)
+        elif name.endswith('pos.tables.0') and w.shape[0] == 1 and w.shape[1:] == want.shape[1:]:  # (1, D) to (t, D)
+            w = w.expand_as(want)
+        elif w.shape != want.shape:
+            raise ValueError(f"{name}: 2D {tuple(w.shape)} cannot inflate to {tuple(want.shape)}: same sizes, stages")
+        target[name] = w.to(want.dtype)
+    vqvae.load_state_dict(target)
+    return vqvae
 
 
 # ==================================================================================================================
