@@ -1104,6 +1104,54 @@ def cfg_of(make):
     return make().config
 
 
+def test_lecam_matches_its_formula_and_moves_its_anchors():
+    disc = vg.Discriminator(tiny_vqvae().config)
+    disc.ema_real.fill_(0.5)
+    disc.ema_fake.fill_(-0.25)
+    reg = vg.lecam(torch.tensor([1.0, 2.0]), torch.tensor([-1.0, 0.0]), disc, decay=0.9)
+    # mean (D(real) - a_F)^2 + mean (D(fake) - a_R)^2 (Tseng et al. 2021, eq. 3), then the anchors move to the means
+    assert reg.item() == pytest.approx((1.25 ** 2 + 2.25 ** 2) / 2 + (1.5 ** 2 + 0.5 ** 2) / 2)
+    assert disc.ema_real.item() == pytest.approx(0.9 * 0.5 + 0.1 * 1.5)
+    assert disc.ema_fake.item() == pytest.approx(0.9 * -0.25 + 0.1 * -0.5)
+
+
+def test_gan_tokenizer_warms_up_then_trains_its_discriminator_and_resumes_bit_for_bit(tmp_path):
+    cfg = tiny_vqvae(gan_weight=0.1, lecam_weight=0.01, gan_warmup=2).config
+
+    def run(sub, cut=None, **kw):  # the VQ-VAE, its discriminator and the discriminator's optimizer, fresh
+        torch.manual_seed(0)
+        vq, disc = vg.VQVAE(cfg), vg.Discriminator(cfg)
+        opt = torch.optim.AdamW(disc.parameters(), lr=1e-3, betas=(0.5, 0.9))
+        step = vg.tokenizer_step(disc, opt, cfg)
+        vq = vg.train(vq, 'vqvae', _interrupt_after(step, cut) if cut else step, _Clips(), _tcfg(tmp_path / sub, **kw),
+                      cfg, aux=dict(discriminator=disc, disc_optimizer=opt))
+        return vq, disc, opt
+    torch.manual_seed(0)
+    start = vg.Discriminator(cfg).state_dict()
+    full, disc, opt = run('full')
+    log = [json.loads(line) for line in open(tmp_path / 'full' / 'metrics.jsonl')]
+    assert 'gan' not in log[1] and all('gan' in r and 'disc' in r for r in log[2:])  # 2 reconstruction-only steps
+    assert disc.steps.item() == 6 and not torch.equal(disc.stem.weight, start['stem.weight'])
+    assert disc.ema_real.item() != 0 and 'aux' in vg.load_checkpoint(tmp_path / 'full' / 'ckpt.pt')
+    with pytest.raises(_Interrupt):  # killed during step 5; the last checkpoint is from step 3
+        run('cut', cut=4)
+    resumed, disc2, opt2 = run('cut', resume=True)
+    for a, b in ((full.state_dict(), resumed.state_dict()), (disc.state_dict(), disc2.state_dict())):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for a, b in zip(opt.state_dict()['state'].values(), opt2.state_dict()['state'].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_perceptual_loss_needs_a_network_and_scores_every_frame_with_it(tmp_path):
+    net = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()))  # a stand-in feature net
+    net.save(str(tmp_path / 'features.pt'))
+    vcfg = tiny_vqvae(perceptual_weight=1.0).config
+    _raises(ValueError, 'go together', lambda: vg.train_vqvae(vcfg, _tcfg(tmp_path / 'a', steps=1), _Clips()))
+    vg.train_vqvae(vcfg, _tcfg(tmp_path / 'b', steps=2, perceptual_net=str(tmp_path / 'features.pt')), _Clips())
+    log = [json.loads(line) for line in open(tmp_path / 'b' / 'metrics.jsonl')]
+    assert len(log) == 2 and all(r['perceptual'] > 0 and 'gan' not in r for r in log)
+
+
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 def test_mixed_precision_training_path_runs_on_the_cpu(dtype, tmp_path, monkeypatch):
     """The GPU's path through the real loop, on the CPU: autocast in bf16, or fp16 with a GradScaler. The EMA codebook
@@ -1668,7 +1716,11 @@ def _cli_table(f):
              ('--n-codes', [40_000], 2, 'below 32769'), ('--beta', [-1], 2, 'beta=-1'),
              ('--ema-decay', [1], 2, 'below 1'), ('--dead-code-threshold', [-1], 2, 'dead_code_threshold=-1'),
              ('--padding', ['same'], 2, "use 'zeros' or 'reflect'"), ('--time-downsample', ['mid'], 2, "'early' or"),
-             ('--padding', ['reflect', '--downsample', 4, 2, 2], 2, 'every latent axis needs 2 or more')]
+             ('--padding', ['reflect', '--downsample', 4, 2, 2], 2, 'every latent axis needs 2 or more'),
+             ('--gan-weight', [-1], 2, 'gan_weight=-1'), ('--lecam-weight', [0.1], 2, 'set gan_weight > 0 too'),
+             ('--gan-warmup', [-1], 2, 'gan_warmup=-1'), ('--perceptual-weight', [1], 2, 'go together'),
+             ('--perceptual-weight', [-1], 2, 'perceptual_weight=-1'), ('--perceptual-net', [nowhere, '--perceptual-weight', 1], 1, 'no such'),
+             ('--perceptual-net', [f['vq'], '--perceptual-weight', 1], 1, 'not a TorchScript network')]
     gpt = [('--preset', ['bogus'], 2, 'invalid choice'), ('--n-layer', [0], 2, 'n_layer=0'),
            ('--n-head', [0], 2, 'n_head=0'), ('--n-head', [3], 2, 'divisible by n_head=3'),
            ('--n-embd', [0], 2, 'n_embd=0'), ('--dropout', [1], 2, 'below 1'),

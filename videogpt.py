@@ -76,6 +76,10 @@ class VQVAEConfig:
     dead_code_threshold: float = 1.0   # restart codes whose EMA count drops below this
     padding: str = 'zeros'             # 'reflect': MAGVIT's, the same content gets the same codes near an edge
     time_downsample: str = 'early'     # time halved in the encoder's first stages (3D then 2D, MAGVIT's), or 'late'
+    gan_weight: float = 0.0            # > 0: MAGVIT's adversarial loss, from a 3D discriminator (Part III)
+    lecam_weight: float = 0.0          # LeCam regularisation of that discriminator (MAGVIT: 0.001)
+    gan_warmup: int = 0                # reconstruction-only steps before the adversarial term starts (as VQGAN's)
+    perceptual_weight: float = 0.0     # > 0: a per-frame perceptual loss, from TrainConfig.perceptual_net
 
     def __post_init__(self):
         self.downsample = tuple(self.downsample)
@@ -85,6 +89,9 @@ class VQVAEConfig:
         check_fields(self, 1, 2 ** 15 + 1, 'n_codes')  # codes files store int16
         check_fields(self, 0, math.inf, 'n_res_layers', 'beta', 'dead_code_threshold')
         check_fields(self, 0, 1, 'ema_decay')
+        check_fields(self, 0, math.inf, 'gan_weight', 'lecam_weight', 'gan_warmup', 'perceptual_weight')
+        need(self.gan_weight or not self.lecam_weight, f"lecam_weight={self.lecam_weight} regularises the GAN's "
+             "discriminator: set gan_weight > 0 too")
         need(self.n_hiddens >= 2 and self.n_hiddens % self.n_head == 0, f"n_hiddens={self.n_hiddens} must be at least "
              f"2 (the residual blocks halve it) and divisible by n_head={self.n_head}")
         for d, n, axis in zip(self.downsample, (self.sequence_length, self.resolution, self.resolution), 'THW'):
@@ -1203,6 +1210,7 @@ class TrainConfig:
     dataset_size: int = 0            # Moving MNIST training videos: 0 draws a fresh one for every item; N fixes N
     vqvae: str = ''                  # train-gpt: the VQ-VAE checkpoint whose codes the prior models
     codes_file: str = ''             # train-gpt: encode a fixed-size dataset once into this file and train on it
+    perceptual_net: str = ''         # train-vqvae: a TorchScript feature network, (N, 3, H, W) in [-1, 1] -> features
 
     def __post_init__(self):
         check_fields(self, 1, math.inf, 'steps', 'batch_size', 'log_every', 'sample_every', 'ckpt_every', 'n_digits')
@@ -1252,7 +1260,7 @@ def rng_states(device, world):
     return [r.cpu() for r in rngs]
 
 
-def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg):
+def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg, aux=None):
     """(step, log) to start from: a fresh run, or the checkpoint's state loaded into model, opt and scaler."""
     if os.path.exists(ckpt_path) and not (tcfg.resume or tcfg.overwrite):  # never replace a run without being asked
         raise FileExistsError(f"{ckpt_path} exists: pass --resume true, --overwrite true or another --out-dir")
@@ -1265,6 +1273,9 @@ def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg):
         raise ValueError(f"{ckpt_path} was trained with {changed}: resume with those settings, or --overwrite true")
     for obj, key in ((model, 'model'), (opt, 'optimizer'), (scaler, 'scaler')):
         obj.load_state_dict(ckpt[key])
+    for name, obj in (aux or {}).items():  # a discriminator and its optimizer, where step_fn trains one
+        need(name in ckpt.get('aux', {}), f"{ckpt_path} holds no {name}: resume with the settings it was trained with")
+        obj.load_state_dict(ckpt['aux'][name])
     rng, n_cpu = ckpt['rng'][dist.get_rank() % len(ckpt['rng']) if _is_dist() else 0], len(torch.get_rng_state())
     torch.set_rng_state(rng[:n_cpu])  # then CUDA's, where rng_states saved it
     if len(rng) > n_cpu and next(model.parameters()).is_cuda:
@@ -1273,15 +1284,18 @@ def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg):
     return ckpt['step'], ckpt['log']
 
 
-def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=None, on_log=None):
-    """Train and return model: step_fn(model, batch) -> (loss, metrics); hooks on_sample(model, step), on_log(log)."""
+def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=None, on_log=None, aux=None):
+    """Train and return model: step_fn(model, batch) -> (loss, metrics); hooks on_sample(model, step), on_log(log);
+    aux: {name: module or optimizer} that step_fn trains itself (a discriminator), saved and resumed with the model."""
     device, rank, world, dtype, use_scaler = setup_device()
     files = rank == 0 and bool(tcfg.out_dir)  # only rank 0 writes, and out_dir '' writes nothing
     ckpt_path = os.path.join(tcfg.out_dir, 'ckpt.pt')
     torch.manual_seed(tcfg.seed + rank)
-    model.to(device)
+    aux = aux or {}
+    for m in (model, *aux.values()):
+        m.to(device) if isinstance(m, nn.Module) else None
     opt, scaler = make_optimizer(model, tcfg, device), torch.amp.GradScaler(device.type, enabled=use_scaler)
-    step, log = resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg) if tcfg.out_dir else (0, [])
+    step, log = resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg, aux) if tcfg.out_dir else (0, [])
     if files:  # the log as of the checkpoint: rows written after it, before an interruption, are replayed
         os.makedirs(tcfg.out_dir, exist_ok=True)
         data.write_jsonl(os.path.join(tcfg.out_dir, 'metrics.jsonl'), log)
@@ -1323,7 +1337,8 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
                 if files:
                     save_checkpoint(ckpt_path, kind=kind, config=asdict(model_cfg), model=model.state_dict(),
                                     optimizer=opt.state_dict(), scaler=scaler.state_dict(), step=step, log=log,
-                                    rng=rng, train_config=asdict(tcfg), **(extra or {}))
+                                    rng=rng, train_config=asdict(tcfg), aux={k: v.state_dict() for k, v in aux.items()},
+                                    **(extra or {}))
                     if log:
                         data.plot_metrics(os.path.join(tcfg.out_dir, 'loss.png'), log)
                 if world > 1:  # no rank goes on before rank 0's checkpoint is on disk: a resume must find it
@@ -1336,6 +1351,71 @@ def vqvae_step(model, batch):
     return out['loss'], dict(recon=out['recon_loss'], perplexity=out['perplexity'], usage=out['usage'])
 
 
+class Discriminator(nn.Module):
+    """MAGVIT's tokenizer adversary: video (B, C, T, H, W) -> (B,) realness logits. StyleGAN's residual discriminator
+    inflated to 3D, simplified: no blur before its strided convolutions, no minibatch deviation, no equalised learning
+    rate, three blocks: at 64x64 these buy little and cost most of the step on a CPU."""
+    def __init__(self, cfg, width=16, n_blocks=3):
+        super().__init__()
+        self.stem, self.blocks = nn.Conv3d(cfg.in_channels, width, 3, padding=1), nn.ModuleList()
+        t = cfg.sequence_length
+        for i in range(n_blocks):  # each halves h and w (t while it can) and doubles the width
+            c, stride, t = width * 2 ** i, (2 if t > 1 else 1, 2, 2), max(1, t // 2)
+            block = dict(conv=nn.Conv3d(c, c, 3, padding=1), down=strided_conv(c, 2 * c, stride),
+                         skip=nn.Conv3d(c, 2 * c, 1, stride))
+            self.blocks.append(nn.ModuleDict(block))
+        self.head = nn.Linear(width * 2 ** n_blocks, 1)
+        self.register_buffer('ema_real', torch.tensor(0.0))  # LeCam's anchors: EMAs of the outputs on real and fake
+        self.register_buffer('ema_fake', torch.tensor(0.0))
+        self.register_buffer('steps', torch.tensor(0))       # steps taken: the warm-up's clock, resumed with it
+
+    def forward(self, x):
+        x = F.leaky_relu(self.stem(x), 0.2)
+        for b in self.blocks:  # residual, / sqrt 2 to keep the variance (StyleGAN)
+            x = (F.leaky_relu(b.down(F.leaky_relu(b.conv(x), 0.2)), 0.2) + b.skip(x)) / math.sqrt(2)
+        return self.head(x.mean((2, 3, 4)))[:, 0]
+
+
+def lecam(d_real, d_fake, disc, decay=0.99):
+    """LeCam regularisation (Tseng et al. 2021, eq. 3): mean (D(x) - a_F)^2 + mean (D(G(z)) - a_R)^2, a_R and a_F the
+    EMAs of D's outputs on real and fake videos, then moved towards this batch's means."""
+    reg = (d_real - disc.ema_fake).pow(2).mean() + (d_fake - disc.ema_real).pow(2).mean()
+    disc.ema_real.lerp_(d_real.detach().mean().float(), 1 - decay)
+    disc.ema_fake.lerp_(d_fake.detach().mean().float(), 1 - decay)
+    return reg
+
+
+PERCEPTUAL = ("perceptual_weight > 0 and --perceptual-net FILE go together: no pretrained network ships here (a "
+              "TorchScript feature network of yours, like fvd's I3D)")
+
+
+def tokenizer_step(disc, disc_opt, cfg, perceptual_net=None):
+    """vqvae_step plus MAGVIT's losses, a step_fn for train. After cfg.gan_warmup steps, the discriminator first takes
+    a step of its own (logistic loss on real against reconstructed videos, + lecam_weight * LeCam), then the VQ-VAE's
+    loss gains gan_weight * the non-saturating generator loss; perceptual_net adds perceptual_weight * the MSE of
+    each frame's features (frames (N, 3, H, W) in [-1, 1])."""
+    frames = lambda v: rearrange(v, 'B C T H W -> (B T) C H W').expand(-1, 3, -1, -1) * 2  # noqa: E731
+    def step(model, batch):
+        x = batch['video']
+        out = model(x)
+        x_hat, loss, metrics = out['x_hat'], out['loss'], dict(recon=out['recon_loss'], usage=out['usage'])
+        if perceptual_net is not None:
+            p = F.mse_loss(perceptual_net(frames(x_hat)), perceptual_net(frames(x)).detach())
+            loss, metrics['perceptual'] = loss + cfg.perceptual_weight * p, p.detach()
+        if cfg.gan_weight and disc.steps >= cfg.gan_warmup:
+            d_real, d_fake = disc(x), disc(x_hat.detach())
+            d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()  # logistic: real -> +, reconstructed -> -
+            d_loss = d_loss + cfg.lecam_weight * lecam(d_real, d_fake, disc)
+            disc_opt.zero_grad(set_to_none=True)  # also drops what the last generator loss left on its weights
+            d_loss.backward()
+            disc_opt.step()
+            g = F.softplus(-disc(x_hat)).mean()
+            loss, metrics['disc'], metrics['gan'] = loss + cfg.gan_weight * g, d_loss.detach(), g.detach()
+        disc.steps.add_(1)
+        return loss, metrics
+    return step
+
+
 def train_vqvae(vcfg, tcfg, dataset=None):
     """Stage 1: train a VQ-VAE on tcfg.dataset; writes ckpt.pt, metrics.jsonl, loss.png and recon.png."""
     dataset = dataset or data.make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)
@@ -1346,7 +1426,15 @@ def train_vqvae(vcfg, tcfg, dataset=None):
         x_hat = model.eval()(fixed.to(model.pos.tables[0].device))['x_hat'].clamp(-0.5, 0.5).cpu()
         data.save_video_grid(torch.cat([fixed, x_hat]), os.path.join(tcfg.out_dir, 'recon.png'))
     torch.manual_seed(tcfg.seed)  # the same initial weights on every rank and every rerun
-    return train(VQVAE(vcfg), 'vqvae', vqvae_step, dataset, tcfg, vcfg, on_sample)
+    model, step_fn, aux = VQVAE(vcfg), vqvae_step, None
+    if vcfg.gan_weight or vcfg.perceptual_weight:  # MAGVIT's losses: built after the VQ-VAE, whose init stays put
+        need(bool(vcfg.perceptual_weight) == bool(tcfg.perceptual_net), PERCEPTUAL)
+        net = tcfg.perceptual_net and torch.jit.load(tcfg.perceptual_net, map_location=setup_device()[0]).eval()
+        disc = Discriminator(vcfg)
+        disc_opt = torch.optim.AdamW(disc.parameters(), lr=tcfg.lr, betas=(0.5, 0.9))  # GANs' usual lower beta1
+        step_fn = tokenizer_step(disc, disc_opt, vcfg, net or None)
+        aux = dict(discriminator=disc, disc_optimizer=disc_opt)
+    return train(model, 'vqvae', step_fn, dataset, tcfg, vcfg, on_sample, aux=aux)
 
 
 def train_gpt(gcfg, tcfg, dataset=None):
@@ -1532,9 +1620,14 @@ def train_command(p, args):
     try:  # a value the configs refuse (--steps 0, --downsample 3 4 4) is a usage error, not a traceback
         tcfg = _fill(TrainConfig(out_dir=os.path.join('runs', args.cmd.split('-')[1])), args)
         vcfg, gcfg = (_fill(vcfg, args), gcfg) if args.cmd == 'train-vqvae' else (vcfg, _fill(gcfg, args))
+        need(args.cmd == 'train-gpt' or bool(vcfg.perceptual_weight) == bool(tcfg.perceptual_net), PERCEPTUAL)
     except ValueError as e:
         p.error(str(e))
-    data.check_paths(args, folders=('data_dir', 'mnist_dir'))
+    data.check_paths(args, files=('perceptual_net',), folders=('data_dir', 'mnist_dir'))
+    try:  # a state_dict or a text file in its place: torch raises many types
+        tcfg.perceptual_net and torch.jit.load(tcfg.perceptual_net)
+    except Exception as e:
+        raise ValueError(f"--perceptual-net {tcfg.perceptual_net} is not a TorchScript network ({type(e).__name__})")
     data.check_writable(tcfg.out_dir, '--out-dir', folder=True)
     data.check_writable(tcfg.codes_file, '--codes-file')
     dataset = data.make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)  # the data too, before training
@@ -1591,7 +1684,7 @@ def build_parser():
         # The prior's codes and frames are the VQ-VAE's (fit_prior); its file and codes file are train-gpt's only.
         gpt = cfg_cls is GPTConfig
         _add_dataclass_args(t, cfg_cls, skip=('n_codes', 'latent_shape', 'frame_channels', 'frame_size') * gpt)
-        _add_dataclass_args(t, TrainConfig, skip=('vqvae', 'codes_file') * (not gpt))
+        _add_dataclass_args(t, TrainConfig, skip=('perceptual_net',) if gpt else ('vqvae', 'codes_file'))
     s = sub.add_parser('sample', help="sample videos from a prior checkpoint, or complete a real one (--task)")
     s.add_argument('--gpt', required=True, help="the prior's ckpt.pt")
     s.add_argument('--vqvae', default='', help="its VQ-VAE's ckpt.pt (default: the one it was trained on)")
