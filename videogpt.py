@@ -527,23 +527,6 @@ class Block(nn.Module):
 # ------------------------------------------------------------------------------------------------------------------
 # The autoregressive prior, its KV-cached sampling and classifier-free guidance
 
-def check_knobs(cfg=None, temperature=1.0, top_k=None, top_p=None, steps=None, guidance=1.0, return_logits=False):
-    """Raise unless the sampling options are valid and, given the prior's GPTConfig cfg, apply to its kind of prior."""
-    need(temperature >= 0 and math.isfinite(temperature) and (top_k is None or top_k >= 1) and
-         (top_p is None or 0 < top_p <= 1), f"temperature={temperature}, top_k={top_k}, top_p={top_p}: use "
-         "temperature >= 0 (0: greedy), top_k >= 1 and top_p in (0, 1], or None to switch a filter off")
-    if cfg is None:
-        return
-    need(not cfg.causal or steps is None, "steps counts the passes of masked decoding; a causal prior takes one step "
-                                          "per token: drop it")
-    need(cfg.causal or steps is None or isinstance(steps, int) and 1 <= steps <= cfg.block_size, f"steps must be a "
-         f"positive integer, at most the {cfg.block_size} tokens (12 is MaskGIT's choice), got {steps!r}")
-    need(cfg.causal or (top_k, top_p, return_logits, guidance) == (None, None, False, 1.0), "top_k, top_p, "
-         "return_logits, guidance: causal priors only; a masked prior decodes by confidence (sample_masked): drop them")
-    need(guidance == 1.0 or cfg.cond_dropout and math.isfinite(guidance), f"guidance={guidance} needs a finite value "
-         "and the null condition learned: train the prior with cond_dropout=0.1")
-
-
 def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """(B, K) logits -> (B,) token ids, drawn after temperature, top-k and nucleus (top-p) filtering."""
     check_knobs(None, temperature, top_k, top_p)
@@ -870,6 +853,23 @@ def check_prior_inputs(gpt, codes=None, frames=None, cond=None, batch=None):
     elif cond is not None:
         raise ValueError("cond was given but GPTConfig.cond_dim is 0: build the prior with cond_dim > 0")
     return frames, cond
+
+
+def check_knobs(cfg=None, temperature=1.0, top_k=None, top_p=None, steps=None, guidance=1.0, return_logits=False):
+    """Raise unless the sampling options are valid and, given the prior's GPTConfig cfg, apply to its kind of prior."""
+    need(temperature >= 0 and math.isfinite(temperature) and (top_k is None or top_k >= 1) and
+         (top_p is None or 0 < top_p <= 1), f"temperature={temperature}, top_k={top_k}, top_p={top_p}: use "
+         "temperature >= 0 (0: greedy), top_k >= 1 and top_p in (0, 1], or None to switch a filter off")
+    if cfg is None:
+        return
+    need(not cfg.causal or steps is None, "steps counts the passes of masked decoding; a causal prior takes one step "
+                                          "per token: drop it")
+    need(cfg.causal or steps is None or isinstance(steps, int) and 1 <= steps <= cfg.block_size, f"steps must be a "
+         f"positive integer, at most the {cfg.block_size} tokens (12 is MaskGIT's choice), got {steps!r}")
+    need(cfg.causal or (top_k, top_p, return_logits, guidance) == (None, None, False, 1.0), "top_k, top_p, "
+         "return_logits, guidance: causal priors only; a masked prior decodes by confidence (sample_masked): drop them")
+    need(guidance == 1.0 or cfg.cond_dropout and math.isfinite(guidance), f"guidance={guidance} needs a finite value "
+         "and the null condition learned: train the prior with cond_dropout=0.1")
 
 
 def check_sampling_inputs(gpt, n, frames, cond, given, given_mask):
