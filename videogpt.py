@@ -1354,7 +1354,7 @@ def vqvae_step(model, batch):
 class Discriminator(nn.Module):
     """MAGVIT's tokenizer adversary: video (B, C, T, H, W) -> (B,) realness logits. StyleGAN's residual discriminator
     inflated to 3D, simplified: no blur before its strided convolutions, no minibatch deviation, no equalised learning
-    rate, three blocks: at 64x64 these buy little and cost most of the step on a CPU."""
+    rate, three blocks from width 16: at 64x64 these buy little and cost most of the step on a CPU."""
     def __init__(self, cfg, width=16, n_blocks=3):
         super().__init__()
         self.stem, self.blocks = nn.Conv3d(cfg.in_channels, width, 3, padding=1), nn.ModuleList()
@@ -1378,7 +1378,7 @@ class Discriminator(nn.Module):
 
 def lecam(d_real, d_fake, disc, decay=0.99):
     """LeCam regularisation (Tseng et al. 2021, eq. 3): mean (D(x) - a_F)^2 + mean (D(G(z)) - a_R)^2, a_R and a_F the
-    EMAs of D's outputs on real and fake videos, then moved towards this batch's means."""
+    EMAs of D's outputs on real and fake videos (decay 0.99, as LeCam's code), then moved to this batch's means."""
     reg = (d_real - disc.ema_fake).pow(2).mean() + (d_fake - disc.ema_real).pow(2).mean()
     disc.ema_real.lerp_(d_real.detach().mean().float(), 1 - decay)
     disc.ema_fake.lerp_(d_fake.detach().mean().float(), 1 - decay)
