@@ -13,9 +13,10 @@ Contents
     Part I, the papers' models, in their order: the VQ-VAE (config, 3D convolutions, axial attention, encoder and
         decoder, EMA codebook), the prior (config, conditioning, transformer, KV-cached sampling with guidance), then
         MAGVIT's masked prior (tasks, mask schedule, parallel decoding).
-    Part II, tools: input checks, sampling to files, frame prediction and completion, metrics and `evaluate`,
-        presets, checkpoints and pretrained weights.
+    Part II, tools: long videos, sampling to files, frame prediction and completion, `evaluate`, presets,
+        checkpoints and pretrained weights, MAGVIT's 3D inflation.
     Part III, training (one loop for both stages) and the command line, `main` last.
+    The checks on the models' inputs and the scores of videos (PSNR, SSIM, FVD) are in data.py, out of the way.
 
 Axis legend: B batch, C channels, T/H/W video frames/height/width, t/h/w latent grid, L = t*h*w tokens, D width,
     E code size, K codes, S conditioning tokens, nh heads, hd = D // nh. Videos (B, C, T, H, W) in [-0.5, 0.5].
@@ -38,26 +39,16 @@ from tqdm import tqdm
 
 import data  # datasets, checkpoint and other files, pictures: the model classes never use it
 from data import export_weights, find_vqvae, gpt_inputs, load_checkpoint, save_checkpoint  # videogpt's names too
+# The input checks, out of the models' way: each model calls one in a line at the top of forward and sample.
+from data import (MAX_VALUES, check_codes, check_fields, check_gpt_config, check_knobs, check_pixels, check_prediction,
+                  check_prior_inputs, check_sampling_inputs, check_video, check_vqvae_config, need)
+from data import codebook_stats, frechet_distance, fvd, prediction_scores, psnr, ssim  # scores of videos
 
 
 # ==================================================================================================================
 # PART I. THE PAPERS' MODELS
 # ==================================================================================================================
 # Stage one, the VQ-VAE (VideoGPT section 3.1): its configuration
-
-def need(ok, message):
-    """Raise ValueError(message) unless ok: a check in one line, its message naming the fix."""
-    if not ok:
-        raise ValueError(message)
-
-
-def check_fields(cfg, low, high, *names):
-    """Raise naming the flag unless low <= value < high for each named field of the dataclass cfg (NaN fails too)."""
-    for name in names:
-        v = getattr(cfg, name)
-        need(low <= v < high, f"{name}={v}: it must be at least {low}{f' and below {high}' if high < math.inf else ''} "
-                              f"(--{name.replace('_', '-')})")
-
 
 @dataclass
 class VQVAEConfig:
@@ -83,24 +74,7 @@ class VQVAEConfig:
 
     def __post_init__(self):
         self.downsample = tuple(self.downsample)
-        need(self.padding in ('zeros', 'reflect') and self.time_downsample in ('early', 'late'), f"padding="
-             f"{self.padding!r}, time_downsample={self.time_downsample!r}: use 'zeros' or 'reflect', 'early' or 'late'")
-        check_fields(self, 1, math.inf, 'in_channels', 'sequence_length', 'resolution', 'n_head', 'embedding_dim')
-        check_fields(self, 1, 2 ** 15 + 1, 'n_codes')  # codes files store int16
-        check_fields(self, 0, math.inf, 'n_res_layers', 'beta', 'dead_code_threshold')
-        check_fields(self, 0, 1, 'ema_decay')
-        check_fields(self, 0, math.inf, 'gan_weight', 'lecam_weight', 'gan_warmup', 'perceptual_weight')
-        need(self.gan_weight or not self.lecam_weight, f"lecam_weight={self.lecam_weight} regularises the GAN's "
-             "discriminator: set gan_weight > 0 too")
-        need(self.n_hiddens >= 2 and self.n_hiddens % self.n_head == 0, f"n_hiddens={self.n_hiddens} must be at least "
-             f"2 (the residual blocks halve it) and divisible by n_head={self.n_head}")
-        for d, n, axis in zip(self.downsample, (self.sequence_length, self.resolution, self.resolution), 'THW'):
-            if d < 1 or d & (d - 1):
-                raise ValueError(f"downsample factors must be powers of 2, got {self.downsample}")
-            if n % d:
-                raise ValueError(f"{axis}={n} is not divisible by its downsample factor {d}: use multiples of {d}")
-        need(self.padding == 'zeros' or min(self.latent_shape) >= 2, f"padding='reflect' reflects a neighbour: every "
-             f"latent axis needs 2 or more, got {self.latent_shape}; use padding='zeros' or downsample less")
+        check_vqvae_config(self)  # each field in its range, the sizes divisible by the downsampling
 
     @property
     def latent_shape(self):
@@ -399,19 +373,9 @@ class GPTConfig:
 
     def __post_init__(self):
         self.latent_shape, self.tasks = tuple(self.latent_shape), tuple(self.tasks)
-        check_fields(self, 1, math.inf, 'n_codes', 'n_layer', 'n_head', 'n_embd', 'frame_channels', 'frame_width')
-        check_fields(self, 0, math.inf, 'n_cond_frames', 'cond_dim')
-        check_fields(self, 0, 1, 'dropout', 'attn_dropout')
-        if self.causal and self.tasks != ('uncond',):
-            raise ValueError(f"tasks={self.tasks} need a masked prior: set causal=False (causal ones learn prefixes)")
+        check_gpt_config(self)
         for task in self.tasks:
             task_mask(task, self.latent_shape)  # MAGVIT's section: raises for a task unknown or impossible on this grid
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        if self.cond_dropout and not (self.cond_dim and 0 < self.cond_dropout <= 1):
-            raise ValueError(f"cond_dropout={self.cond_dropout} needs cond_dim > 0 and a value in (0, 1], e.g. 0.1")
-        if self.n_cond_frames and self.frame_size % 8:
-            raise ValueError(f"frame_size={self.frame_size} must be a multiple of 8 (the frame encoder halves it 3x)")
 
     @property
     def block_size(self):
@@ -776,126 +740,6 @@ VideoGPT.sample_masked = sample_masked  # gpt.sample_masked(n, ...): VideoGPT.sa
 # ==================================================================================================================
 # PART II. TOOLS
 # ==================================================================================================================
-# Input checks: every error names the fix. The models call these in one line at the top of forward and sample.
-
-def check_pixels(x, what='video'):
-    """Raise a clear error unless x is a non-empty float tensor of finite values in [-0.5, 0.5]."""
-    if not torch.is_tensor(x) or not x.is_floating_point():
-        raise TypeError(f"{what} must be a float tensor in [-0.5, 0.5], got {getattr(x, 'dtype', type(x))}: for "
-                        "uint8 frames use x.float() / 255 - 0.5")
-    if not x.numel():
-        raise ValueError(f"{what} is empty (shape {tuple(x.shape)}): pass at least one video")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{what} holds NaN or inf values: check the data pipeline that made it")
-    lo, hi = torch.aminmax(x.detach())
-    if lo < -0.501 or hi > 0.501:  # a little slack for resampling overshoot
-        raise ValueError(f"{what} values must lie in [-0.5, 0.5], got [{lo:.3f}, {hi:.3f}]: "
-                         "for uint8 frames use x / 255 - 0.5, for [-1, 1] data use x / 2")
-
-
-def check_video(cfg, x):
-    """x, after checking its shape, channels and sizes against VQVAEConfig cfg and its values (check_pixels)."""
-    check_pixels(x)
-    if x.ndim != 5:
-        raise ValueError(f"video must be (B, C, T, H, W), got {tuple(x.shape)}: use x[None] or x[:, None] (grey)")
-    if x.shape[1] != cfg.in_channels:
-        raise ValueError(f"video has {x.shape[1]} channels but the model was built for {cfg.in_channels}: "
-                         f"set VQVAEConfig(in_channels={x.shape[1]}) or convert the video; channels go on axis 1")
-    T, H, W = x.shape[2:]  # the config's sizes are divisible by the downsample factors (VQVAEConfig checks)
-    if (T, H, W) != (cfg.sequence_length, cfg.resolution, cfg.resolution):  # the position embeddings' size
-        raise ValueError(f"video is {T}x{H}x{W} but the model was built for {cfg.sequence_length}x{cfg.resolution}"
-                         f"x{cfg.resolution}: crop or resize the video, or build a VQVAEConfig for this size")
-    return x
-
-
-def check_codes(codes, latent_shape, n_codes, hint=""):
-    """Raise a clear error unless codes is an integer tensor (B, *latent_shape) with values in [0, n_codes)."""
-    if not torch.is_tensor(codes) or codes.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"codes must be an int64 tensor from VQVAE.encode, got {getattr(codes, 'dtype', type(codes))}")
-    if codes.ndim != 4 or tuple(codes.shape[1:]) != tuple(latent_shape) or not len(codes):
-        raise ValueError(f"codes must be (B, {', '.join(map(str, latent_shape))}) with B >= 1, got "
-                         f"{tuple(codes.shape)}{hint}")
-    if codes.numel() and (codes.min() < 0 or codes.max() >= n_codes):
-        raise ValueError(f"codes must lie in [0, {n_codes}), got [{codes.min()}, {codes.max()}]{hint}")
-
-
-def check_prior_inputs(gpt, codes=None, frames=None, cond=None, batch=None):
-    """The prior's inputs checked; returns frames and cond (a float (B, cond_dim) vector) in the weights' dtype."""
-    cfg, dtype = gpt.config, gpt.sos.dtype
-    if codes is not None:  # masked decoding may pass the [MASK] id K among the codes
-        check_codes(codes, cfg.latent_shape, cfg.n_codes + (not cfg.causal), ": build the prior with GPTConfig("
-                    "n_codes=vqvae.config.n_codes, latent_shape=vqvae.config.latent_shape)")
-        batch = codes.shape[0]
-    if cfg.n_cond_frames:
-        want = (batch, cfg.frame_channels, cfg.n_cond_frames, cfg.frame_size, cfg.frame_size)
-        if frames is None or tuple(frames.shape) != want:
-            raise ValueError(f"this prior is frame-conditioned: pass frames as a float tensor of shape {want} "
-                             f"in [-0.5, 0.5], got {None if frames is None else tuple(frames.shape)}")
-        check_pixels(frames, 'frames')
-        frames = frames.to(dtype)
-    elif frames is not None:
-        raise ValueError("frames were given but n_cond_frames=0: build the prior with GPTConfig(n_cond_frames > 0)")
-    if cfg.cond_dim:
-        if cond is None:
-            raise ValueError(f"vector-conditioned prior: pass cond ({batch}, {cfg.cond_dim}) or int labels (B,)")
-        if not cond.is_floating_point():  # class labels -> one-hot vectors
-            if cond.shape != (batch,) or cond.min() < 0 or cond.max() >= cfg.cond_dim:
-                raise ValueError(f"class labels must be ({batch},) in [0, {cfg.cond_dim}), got {tuple(cond.shape)}: "
-                                 f"{cond.flatten()[:8].tolist()}")
-            cond = F.one_hot(cond.long(), cfg.cond_dim).float()
-        cond = cond.reshape(cond.shape[0], -1)  # BAIR's (B, T, 4) actions are flattened to (B, 4T)
-        if cond.shape != (batch, cfg.cond_dim):
-            raise ValueError(f"cond must be ({batch}, {cfg.cond_dim}), got {tuple(cond.shape)}: set "
-                             "GPTConfig(cond_dim=) to its size")
-        if not torch.isfinite(cond).all():
-            raise ValueError("cond holds NaN or inf values: check the actions or labels it came from")
-        cond = cond.to(dtype)
-    elif cond is not None:
-        raise ValueError("cond was given but GPTConfig.cond_dim is 0: build the prior with cond_dim > 0")
-    return frames, cond
-
-
-def check_knobs(cfg=None, temperature=1.0, top_k=None, top_p=None, steps=None, guidance=1.0, return_logits=False):
-    """Raise unless the sampling options are valid and, given the prior's GPTConfig cfg, apply to its kind of prior."""
-    need(temperature >= 0 and math.isfinite(temperature) and (top_k is None or top_k >= 1) and
-         (top_p is None or 0 < top_p <= 1), f"temperature={temperature}, top_k={top_k}, top_p={top_p}: use "
-         "temperature >= 0 (0: greedy), top_k >= 1 and top_p in (0, 1], or None to switch a filter off")
-    if cfg is None:
-        return
-    need(not cfg.causal or steps is None, "steps counts the passes of masked decoding; a causal prior takes one step "
-                                          "per token: drop it")
-    need(cfg.causal or steps is None or isinstance(steps, int) and 1 <= steps <= cfg.block_size, f"steps must be a "
-         f"positive integer, at most the {cfg.block_size} tokens (12 is MaskGIT's choice), got {steps!r}")
-    need(cfg.causal or (top_k, top_p, return_logits, guidance) == (None, None, False, 1.0), "top_k, top_p, "
-         "return_logits, guidance: causal priors only; a masked prior decodes by confidence (sample_masked): drop them")
-    need(guidance == 1.0 or cfg.cond_dropout and math.isfinite(guidance), f"guidance={guidance} needs a finite value "
-         "and the null condition learned: train the prior with cond_dropout=0.1")
-
-
-def check_sampling_inputs(gpt, n, frames, cond, given, given_mask):
-    """check_prior_inputs' frames and cond for n >= 1 samples, then given (n, L) int64 and given_mask (n, L) bool, or
-    Nones (the sampling options: check_knobs)."""
-    cfg, shape = gpt.config, gpt.config.latent_shape
-    need(isinstance(n, int) and n >= 1, f"n={n!r}: sample at least one video (an int n >= 1)")
-    frames, cond = check_prior_inputs(gpt, None, frames, cond, batch=n)
-    if given is None and given_mask is None:
-        return frames, cond, None, None
-    if given is None or given_mask is None:
-        raise ValueError("pass both given (n, t, h, w) codes (VQVAE.encode) and given_mask (task_mask('fp', ...))")
-    check_codes(given, shape, cfg.n_codes, ": given holds a video's codes from VQVAE.encode")
-    if given.shape[0] != n:
-        raise ValueError(f"given holds {given.shape[0]} code grids for n={n} samples: pass one per sample")
-    if given_mask.dtype != torch.bool or given_mask.shape not in ((*shape,), (n, *shape)):
-        raise ValueError(f"given_mask must be a bool tensor {shape} or {(n, *shape)}, got {given_mask.dtype} "
-                         f"{tuple(given_mask.shape)}: build one with task_mask(task, latent_shape)")
-    given, given_mask = given.long().reshape(n, -1), given_mask.to(given.device).expand(n, *shape).reshape(n, -1)
-    p = int(given_mask[0].sum())
-    if cfg.causal and not (given_mask[:, :p].all() and not given_mask[:, p:].any()):
-        raise ValueError("causal priors continue a shared raster-order prefix only; else GPTConfig(causal=False)")
-    return frames, cond, given, given_mask
-
-
-# ------------------------------------------------------------------------------------------------------------------
 # Long videos: past the window by a sliding window (TATS, Ge et al. 2022), not in either paper
 
 def decode_long(vqvae, codes):
@@ -958,15 +802,6 @@ def complete_video(vqvae, gpt, video, task, n_given=1, frames=None, cond=None, g
     return vqvae.decode(codes).clamp(-0.5, 0.5), repeat(given_mask, 't h w -> (t a) (h b) (w c)', a=a, b=b, c=c)
 
 
-def check_prediction(vc, gc, T0, n_future):
-    """Raise unless T0 context frames reach the prior (GPTConfig gc) via its VQ-VAE (VQVAEConfig vc); n_future > 0."""
-    t, d = vc.latent_shape[0], vc.downsample[0]
-    least = gc.n_cond_frames or d  # its conditioning frames, or one whole latent frame: less would reach it as nothing
-    need(n_future >= 1 and min(T0, (t - 1) * d) >= least, f"{T0} context frames and n_future={n_future}: give at least "
-         f"1 of each, and at least {least} context frames: " + (f"n_cond_frames={least} for this frame-conditioned "
-         f"prior" if gc.n_cond_frames else f"one latent frame (the VQ-VAE downsamples time by {d})"))
-
-
 @torch.no_grad()
 def predict_frames(vqvae, gpt, context, n_future, cond=None, generator=None, **sampling):
     """Real frames context (B, C, T0, H, W) -> n_future predicted frames (B, C, n_future, H, W), sliding if needed."""
@@ -990,69 +825,8 @@ def predict_frames(vqvae, gpt, context, n_future, cond=None, generator=None, **s
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Metrics: videos (B, C, T, H, W) in [-0.5, 0.5], one value per video
-
-def psnr(a, b):
-    """(B,) peak signal-to-noise ratio in dB; the peak-to-peak range is 1."""
-    return 10 * torch.log10(1 / (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp(min=1e-10))
-
-
-def ssim(a, b):
-    """(B,) SSIM (Wang et al. 2004) per frame and channel, averaged; 11x11 Gaussian window (sigma 1.5) inside the
-    frame, as scikit-image's structural_similarity(gaussian_weights=True, use_sample_covariance=False, data_range=1)."""
-    if min(a.shape[-2:]) < 11:
-        raise ValueError(f"SSIM's 11x11 window needs frames of at least 11x11 pixels, got {tuple(a.shape[-2:])}")
-    g = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5 ** 2))
-    g = (g / g.sum()).to(a.device)
-    blur = lambda z: F.conv2d(F.conv2d(z, g.view(1, 1, 11, 1)), g.view(1, 1, 1, 11))  # separable, 'valid'
-    x, y = (rearrange(v, 'B C T H W -> (B C T) 1 H W').double() + 0.5 for v in (a, b))  # to [0, 1], float64
-    mx, my = blur(x), blur(y)
-    vx, vy, cov = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
-    c1, c2 = 0.01 ** 2, 0.03 ** 2  # keep the ratios stable where the means or contrasts are near zero
-    s = (2 * mx * my + c1) * (2 * cov + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-    return s.mean((1, 2, 3)).view(a.shape[0], -1).mean(1).float()
-
-
-def frechet_distance(feats_a, feats_b):
-    """|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of Gaussians fitted to features (N, d), (M, d); float64."""
-    a, b = feats_a.double(), feats_b.double()
-    cov_a, cov_b = (torch.atleast_2d(torch.cov(x.T)) for x in (a, b))  # unbiased, as numpy's cov in FID code
-    vals, vecs = torch.linalg.eigh(cov_a)
-    root_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T  # rounding can make tiny eigenvalues negative
-    tr_sqrt = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()  # symmetric, so no NaN
-    return ((a.mean(0) - b.mean(0)).square().sum() + cov_a.trace() + cov_b.trace() - 2 * tr_sqrt).item()
-
-
-@torch.no_grad()
-def fvd(videos_a, videos_b, i3d, batch_size=16):
-    """Frechet video distance of (N, C, T, H, W) in [-0.5, 0.5]; i3d: (B, 3, T, 224, 224) in [-1, 1] -> (B, 400)."""
-    for videos in (videos_a, videos_b):
-        check_pixels(videos, 'FVD video')
-        need(videos.ndim == 5 and len(videos) >= 2 and videos.shape[1] in (1, 3), f"FVD videos must be (N, C, T, H, "
-             f"W), N >= 2 per set (a covariance; hundreds for a stable score), C 1 or 3, got {tuple(videos.shape)}")
-    device, features = next(iter(i3d.parameters()), torch.empty(0)).device, ([], [])
-    for videos, out in zip((videos_a, videos_b), features):  # FVD: Unterthiner et al. 2018
-        for v in videos.split(batch_size):
-            x = F.interpolate(rearrange(v.float(), 'B C T H W -> (B T) C H W'), size=(224, 224), mode='bilinear')
-            x = rearrange(x, '(B T) C H W -> B C T H W', B=len(v)).expand(-1, 3, -1, -1, -1) * 2  # [-1, 1], RGB
-            out.append(i3d(x.to(device)).float().cpu())
-    return frechet_distance(*(torch.cat(out) for out in features))
-
-
-def codebook_stats(counts):
-    """(perplexity, usage) from a code histogram (bincount, minlength=n_codes): exp(entropy), 1..n_codes; share used."""
-    p = counts.double() / counts.sum()
-    return torch.exp(-(p * p.clamp(min=1e-300).log()).sum()).item(), (p > 0).double().mean().item()
-
-
-def prediction_scores(pred, real):
-    """Moving MNIST leaderboard scores of pred vs real (B, C, T, H, W) in [-0.5, 0.5], each (B,): MSE per frame (squared
-    error summed over its pixels in [0, 1]), SSIM (nan below 11x11 pixels), PSNR per frame; all averaged over frames."""
-    frames = [rearrange(v.float(), 'B C T H W -> (B T) C 1 H W') for v in (pred, real)]
-    s = ssim(pred, real) if min(pred.shape[-2:]) >= 11 else torch.full((len(pred),), math.nan)  # as evaluate's
-    return dict(mse=(pred.float() - real.float()).pow(2).sum((1, 3, 4)).mean(1), ssim=s,
-                psnr=psnr(*frames).view(len(pred), -1).mean(1))
-
+# Metrics: `evaluate` scores the models; the scores of videos themselves (psnr, ssim, frechet_distance, fvd,
+# prediction_scores, codebook_stats) are in data.py, beside the digit reader, and importable from here
 
 @torch.no_grad()
 def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
@@ -1496,43 +1270,10 @@ def _fill(cfg, args):
     return replace(cfg, **{f.name: vars(args)[f.name] for f in fields(cfg) if vars(args).get(f.name) is not None})
 
 
-# The most video values (float32) a command holds in one set: 4 GiB, and it holds two or three sets (real, decoded,
-# predicted). --n, --frames, --context and --future are bounded by it, each in its error message.
-MAX_VALUES = 2 ** 30
-
-
-def check_eval_args(p, args):
-    """`eval`'s flags and files, every one checked before any scoring: (vqvae, gpt or None, held-out videos, videos to
-    predict or None, I3D network or None)."""
-    data.check_paths(args, files=('i3d',), folders=('data_dir', 'mnist_dir'))
-    vqvae, gpt = load_model(args.vqvae, 'vqvae'), load_model(args.gpt, 'gpt') if args.gpt else None
-    vc, gc, pixels = vqvae.config, gpt and gpt.config, vqvae.config.in_channels * vqvae.config.resolution ** 2
-    try:  # a flag's value: a usage error
-        need(args.json.endswith('.json'), f"--json {args.json}: name a .json file (the predictions go beside, .gif)")
-        check_fields(args, 1, math.inf, 'batch_size')
-        check_fields(args, 0, 2 ** 32, 'seed')
-        check_fields(args, 1, MAX_VALUES // (pixels * vc.sequence_length) + 1, 'n')
-        check_fields(args, 1, MAX_VALUES // (pixels * args.n) + 1, 'context')
-        check_fields(args, 0, MAX_VALUES // (pixels * args.n) - args.context + 1, 'future')
-        need(gc or not (args.test_seq or args.top_k or args.steps), "--test-seq, --top-k, --steps: add --gpt")
-        need(not args.i3d or args.n >= 2, "--i3d: FVD compares two sets of --n 2 or more videos (hundreds for a score)")
-        need(not args.test_seq or args.future and not gc.cond_dim and (vc.in_channels, vc.resolution) == (1, 64),
-             "--test-seq holds Moving MNIST's 64x64 grey videos without labels: give --future >= 1, a VQ-VAE of 1 "
-             "channel at 64x64 and a prior with cond_dim=0")
-        check_knobs(gc, args.temperature, args.top_k, steps=args.steps)
-        need(gc or not (args.seed or args.temperature != 1 or (args.context, args.future) != (10, 10)),
-             "--seed, --temperature, --context, --future set frame prediction, which needs a prior: add --gpt")
-        if gc and args.future:
-            check_prediction(vc, gc, args.context, args.future)
-    except ValueError as e:
-        p.error(str(e))
-    return (vqvae, gpt, *data.eval_inputs(args, vc, bool(gc and args.future)))  # the files and data: data errors
-
-
 @torch.no_grad()
 def eval_command(p, args):
     """`eval`: evaluate(), --context -> --future frame prediction with a prior, FVD with --i3d; a table and a JSON."""
-    t0, (vqvae, gpt, held, ds, i3d), device = time.time(), check_eval_args(p, args), setup_device()[0]
+    t0, (vqvae, gpt, held, ds, i3d), device = time.time(), data.check_eval_args(p, args, load_model), setup_device()[0]
     vqvae, gpt, n, grid = vqvae.to(device), gpt and gpt.to(device), args.n, None
     batch = torch.utils.data.default_collate([held[i] for i in tqdm(range(n), desc='videos', disable=None)])
     cond = gpt_inputs(gpt.config, batch)[1] if gpt else None
@@ -1634,30 +1375,9 @@ def train_command(p, args):
     train_vqvae(vcfg, tcfg, dataset) if args.cmd == 'train-vqvae' else train_gpt(gcfg, tcfg, dataset)
 
 
-def check_sample_args(p, args):
-    """`sample`'s flags, every one checked before sampling: (the prior's checkpoint, its VQ-VAE's VQVAEConfig)."""
-    data.check_paths(args, files=('actions',), folders=('data_dir', 'mnist_dir'))
-    args.vqvae = find_vqvae(args.gpt, args.vqvae)
-    ckpt, vc = load_checkpoint(args.gpt, 'gpt'), VQVAEConfig(**load_checkpoint(args.vqvae, 'vqvae')['config'])
-    gc = GPTConfig(**ckpt['config'])
-    try:  # a flag's value: a usage error
-        need(args.out.lower().endswith(('.gif', '.mp4', '.png')), f"--out {args.out}: write a .gif, .mp4 or .png")
-        need(bool(args.task) == bool(args.from_), "--task and --from go together: --task fp --from clip.mp4 (or val)")
-        need(args.n_given is None or args.task == 'fp', "--n-given: the latent frames --task fp gives; drop it")
-        args.n_given = 1 if args.n_given is None else args.n_given
-        task_mask(args.task or 'uncond', gc.latent_shape, args.n_given)  # a task this grid allows: K < t for fp
-        check_fields(args, 1, MAX_VALUES // (vc.in_channels * vc.sequence_length * vc.resolution ** 2) + 1, 'n')
-        check_fields(args, 0, 2 ** 32, 'seed')
-        check_knobs(gc, args.temperature, args.top_k, args.top_p, args.steps, args.guidance)
-    except ValueError as e:
-        p.error(str(e))
-    data.check_writable(args.out, '--out')
-    return ckpt, vc
-
-
 def sample_command(p, args):
     """`sample`: new videos to a file, or with --task real videos (first row) and their completions below."""
-    videos, frames, cond, n_latent = data.sample_inputs(args, *check_sample_args(p, args))
+    videos, frames, cond, n_latent = data.sample_inputs(args, *data.check_sample_args(p, args))
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance=args.guidance,
                     steps=args.steps, n_latent_frames=n_latent)  # steps: masked priors only; causal ones refuse it
     if not args.task:
