@@ -1040,8 +1040,8 @@ def check_vqvae_config(cfg):
          f"latent axis needs 2 or more, got {cfg.latent_shape}; use padding='zeros' or downsample less")
 
 
-def check_gpt_config(cfg):
-    """Raise, naming the field, unless a GPTConfig's values build a prior (its tasks: videogpt.task_mask)."""
+def check_gpt_config(cfg, task_mask):
+    """Raise, naming the field, unless a GPTConfig's values build a prior; task_mask: videogpt's, checks its tasks."""
     check_fields(cfg, 1, math.inf, 'n_codes', 'n_layer', 'n_head', 'n_embd', 'frame_channels', 'frame_width')
     check_fields(cfg, 0, math.inf, 'n_cond_frames', 'cond_dim')
     check_fields(cfg, 0, 1, 'dropout', 'attn_dropout')
@@ -1053,6 +1053,16 @@ def check_gpt_config(cfg):
         raise ValueError(f"cond_dropout={cfg.cond_dropout} needs cond_dim > 0 and a value in (0, 1], e.g. 0.1")
     if cfg.n_cond_frames and cfg.frame_size % 8:
         raise ValueError(f"frame_size={cfg.frame_size} must be a multiple of 8 (the frame encoder halves it 3x)")
+    for task in cfg.tasks:  # raises for a task unknown or impossible on this grid
+        task_mask(task, cfg.latent_shape)
+
+
+def check_train_config(cfg):
+    """Raise, naming the flag, unless a TrainConfig's values can train."""
+    check_fields(cfg, 1, math.inf, 'steps', 'batch_size', 'log_every', 'sample_every', 'ckpt_every', 'n_digits')
+    check_fields(cfg, 0, math.inf, 'warmup', 'num_workers', 'weight_decay', 'dataset_size')
+    check_fields(cfg, 0, 2 ** 32, 'seed')  # numpy's generators take no negative seed; loader seeds mix in steps
+    need(cfg.lr > 0 and cfg.grad_clip > 0, f"lr and grad_clip must be > 0, got {cfg.lr}, {cfg.grad_clip}")
 
 
 def check_pixels(x, what='video'):
@@ -1132,6 +1142,13 @@ def check_prior_inputs(gpt, codes=None, frames=None, cond=None, batch=None):
     return frames, cond
 
 
+def check_scored_videos(video, cond, batch_size):
+    """Raise unless evaluate() can score video (N, C, T, H, W) in [-0.5, 0.5] in batches, cond None or one per video."""
+    check_pixels(video)
+    need(batch_size >= 1 and (cond is None or len(cond) == len(video)), f"batch_size={batch_size}, {len(video)} videos"
+         f" and {'no' if cond is None else len(cond)} cond: batch_size >= 1 and one cond (label, actions) per video")
+
+
 def check_knobs(cfg=None, temperature=1.0, top_k=None, top_p=None, steps=None, guidance=1.0, return_logits=False):
     """Raise unless the sampling options are valid and, given the prior's GPTConfig cfg, apply to its kind of prior."""
     need(temperature >= 0 and math.isfinite(temperature) and (top_k is None or top_k >= 1) and
@@ -1180,6 +1197,9 @@ def check_prediction(vc, gc, T0, n_future):
          f"1 of each, and at least {least} context frames: " + (f"n_cond_frames={least} for this frame-conditioned "
          f"prior" if gc.n_cond_frames else f"one latent frame (the VQ-VAE downsamples time by {d})"))
 
+
+PERCEPTUAL = ("perceptual_weight > 0 and --perceptual-net FILE go together: no pretrained network ships here (a "
+              "TorchScript feature network of yours, like fvd's I3D)")
 
 # The most video values (float32) a command holds in one set: 4 GiB, and it holds two or three sets (real, decoded,
 # predicted). --n, --frames, --context and --future are bounded by it, each in its error message.
@@ -1240,6 +1260,28 @@ def check_sample_args(p, args):
 # The command line's files: inputs that must exist, outputs that must be writable and must not destroy inputs
 
 
+def check_train_files(args, tcfg):
+    """`train-*`'s files, before any training: its inputs exist (--perceptual-net a TorchScript network), its outputs
+    can be written; tcfg: the TrainConfig the flags filled."""
+    check_paths(args, files=('perceptual_net',), folders=('data_dir', 'mnist_dir'))
+    try:  # a state_dict or a text file in its place: torch raises many types
+        tcfg.perceptual_net and torch.jit.load(tcfg.perceptual_net)
+    except Exception as e:
+        raise ValueError(f"--perceptual-net {tcfg.perceptual_net} is not a TorchScript network ({type(e).__name__})")
+    check_writable(tcfg.out_dir, '--out-dir', folder=True)
+    check_writable(tcfg.codes_file, '--codes-file')
+
+
+def check_demo_args(p, args):
+    """`demo`'s flags (a usage error) and files, before any training."""
+    try:
+        check_fields(args, 1, math.inf, 'vqvae_steps', 'gpt_steps')
+    except ValueError as e:
+        p.error(str(e))
+    check_paths(args, folders=('mnist_dir',))
+    check_writable(args.out_dir, '--out-dir', folder=True)
+
+
 def check_paths(args, files=(), folders=()):
     """Raise naming the flag when a file or folder flag of args (argparse) is given but names nothing of that kind."""
     for names, exists, what in ((files, os.path.isfile, 'file'), (folders, os.path.isdir, 'folder')):
@@ -1266,6 +1308,17 @@ def check_writable(path, flag, folder=False):
 
 
 EVAL_MARK = 'written_by_videogpt_eval'  # a key of every JSON that eval writes: eval writes over no other file
+
+
+def write_eval(args, scores, grid=None):
+    """`eval`'s outputs: the scores printed as a table and written with its flags to --json; grid (real videos on the
+    top row, predicted ones below) beside it, as a .gif."""
+    print('\n'.join(f"{k:<24} {v:.4g}" if isinstance(v, float) else f"{k:<24} {v}" for k, v in scores.items()))
+    info = {k: getattr(args, k) for k in 'vqvae gpt test_seq context future temperature top_k steps seed'.split()}
+    write_json(args.json, {EVAL_MARK: True, **info, **scores})  # the mark: eval may write here again
+    if grid is not None:  # after its JSON: a .gif is written only beside a JSON of eval's
+        save_video_grid(grid, args.json[:-len('.json')] + '.gif', nrow=len(grid) // 2)
+    print(f"wrote {args.json}")
 
 
 def check_eval_files(json_path, gif_path):
@@ -1405,6 +1458,18 @@ def codebook_stats(counts):
     """(perplexity, usage) from a code histogram (bincount, minlength=n_codes): exp(entropy), 1..n_codes; share used."""
     p = counts.double() / counts.sum()
     return torch.exp(-(p * p.clamp(min=1e-300).log()).sum()).item(), (p > 0).double().mean().item()
+
+
+def add_prediction_sums(sums, context, future, pred, reader=None, classes=None):
+    """Add to the dict sums the prediction_scores of pred, summed over its videos, and those of two trivial baselines
+    (' black' frames, the ' last frame' of context again) against the real future (B, C, T, H, W); with the digit
+    reader and the videos' classes (two_digit_classes), 'kept' too: the share of frames it reads right, summed."""
+    for name, guess in (('', pred), (' black', torch.full_like(future, -0.5)),
+                        (' last frame', context[:, :, -1:].expand_as(future))):
+        part = {k + name: v.sum().item() for k, v in prediction_scores(guess, future).items()}
+        if classes is not None:  # digit_reading's share is a mean over the videos: times their number, a sum
+            part['kept' + name] = digit_reading(reader, guess, classes)['kept'] * len(guess)
+        sums.update({k: sums.get(k, 0.0) + v for k, v in part.items()})
 
 
 def prediction_scores(pred, real):

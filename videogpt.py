@@ -39,16 +39,16 @@ from tqdm import tqdm
 
 import data  # datasets, checkpoint and other files, pictures: the model classes never use it
 from data import export_weights, find_vqvae, gpt_inputs, load_checkpoint, save_checkpoint  # videogpt's names too
-# The input checks, out of the models' way: each model calls one in a line at the top of forward and sample.
-from data import (MAX_VALUES, check_codes, check_fields, check_gpt_config, check_knobs, check_pixels, check_prediction,
-                  check_prior_inputs, check_sampling_inputs, check_video, check_vqvae_config, need)
+from data import (MAX_VALUES, PERCEPTUAL, check_codes, check_fields, check_gpt_config, check_knobs, check_pixels,
+                  check_prediction, check_prior_inputs, check_sampling_inputs, check_scored_videos, check_train_config,
+                  check_video, check_vqvae_config, need)
 from data import codebook_stats, frechet_distance, fvd, prediction_scores, psnr, ssim  # scores of videos
 
 
 # ==================================================================================================================
 # PART I. THE PAPERS' MODELS
 # ==================================================================================================================
-# Stage one, the VQ-VAE (VideoGPT section 3.1): its configuration
+# Stage one, the VQ-VAE (VideoGPT section 3.1, figure 4): its configuration, 3D convolutions and axial attention
 
 @dataclass
 class VQVAEConfig:
@@ -81,9 +81,6 @@ class VQVAEConfig:
         return tuple(n // d for n, d in zip((self.sequence_length, self.resolution, self.resolution), self.downsample))
 
 
-# ------------------------------------------------------------------------------------------------------------------
-# VQ-VAE building blocks (paper section 3.1, figure 4): 3D convolutions and axial attention
-
 def group_norm(channels):
     # GroupNorm, not the original's BatchNorm (noisy statistics at 1-8 videos per GPU, eval unlike train): per sample.
     return nn.GroupNorm(math.gcd(32, channels), channels)  # 32 groups (Wu & He 2018), fewer for narrow trunks
@@ -91,12 +88,11 @@ def group_norm(channels):
 
 def strided_conv(c_in, c_out, stride, transposed=False, padding='zeros'):
     # Padding 1: kernel 4 / stride 2 halves an axis ((n + 2 - 4) / 2 + 1), kernel 3 keeps it: any factor builds, even 1.
-    # Transposed, its mirror: kernel 4 / stride 2 / padding 1 doubles an axis exactly.
     kernel = tuple(4 if s == 2 else 3 for s in stride)
     if not transposed:
         return nn.Conv3d(c_in, c_out, kernel, stride, padding=1, padding_mode=padding)
     if padding == 'zeros':
-        return nn.ConvTranspose3d(c_in, c_out, kernel, stride, padding=1)
+        return nn.ConvTranspose3d(c_in, c_out, kernel, stride, padding=1)  # the mirror: doubles an axis exactly
     # torch's transposed convolutions only pad with zeros: reflect upsamples (nearest), then convolves.
     return nn.Sequential(nn.Upsample(scale_factor=stride), nn.Conv3d(c_in, c_out, 3, padding=1, padding_mode=padding))
 
@@ -139,8 +135,7 @@ class AxialAttention(nn.Module):
         for axis, qkv_axis in zip('thw', qkv):  # along one axis: a batch of 1-D sequences, the other axes folded into B
             rest = ' '.join(a for a in 'thw' if a != axis)
             q, k, v = rearrange(qkv_axis, f'B t h w (qkv nh hd) -> qkv (B {rest}) nh {axis} hd', qkv=3, nh=self.n_head)
-            # fast=x.is_cuda: sequences of 8-32 tokens run faster through the explicit softmax on a CPU (RESULTS.md).
-            y = attention(q, k, v, fast=x.is_cuda)
+            y = attention(q, k, v, fast=x.is_cuda)  # on a CPU, 8-32 tokens run faster the explicit way (RESULTS.md)
             outs.append(rearrange(y, f'(B {rest}) nh {axis} hd -> B t h w (nh hd)', B=B, t=t, h=h, w=w))
         return rearrange(self.proj(torch.cat(outs, dim=-1)), 'B t h w D -> B D t h w')
 
@@ -166,9 +161,8 @@ class AttentionResidualBlock(nn.Module):
 
 
 def stage_strides(cfg):
-    """The encoder's strides, stage by stage (the decoder's, reversed). Each axis is halved log2(factor) times: time in
-    the first stages ('early', MAGVIT's 3D then 2D downsampling) or the last ('late'). (2, 8, 8) early: (2, 2, 2),
-    (1, 2, 2), (1, 2, 2); late: (1, 2, 2), (1, 2, 2), (2, 2, 2)."""
+    """The encoder's strides per stage (the decoder's: reversed). Each axis is halved log2(factor) times, time in the
+    first stages ('early': MAGVIT's 3D, then 2D) or the last ('late'): (2, 8, 8) early is (2, 2, 2), (1, 2, 2) twice."""
     halvings = [int(math.log2(d)) for d in cfg.downsample]
     n, late = max(halvings), (cfg.time_downsample == 'late', False, False)
     return [tuple(2 if (i >= n - k if lt else i < k) else 1 for k, lt in zip(halvings, late)) for i in range(n)]
@@ -178,18 +172,16 @@ class Encoder(nn.Module):
     """(B, C, T, H, W) video, (t, h, w, D) position embeddings -> (B, D, t, h, w), each axis downsampled by 2^k."""
     def __init__(self, cfg):
         super().__init__()
-        D = cfg.n_hiddens  # stage 0 reads the C channels: at full resolution, width D costs most
-        convs = [strided_conv(D if i else cfg.in_channels, D, stride, padding=cfg.padding)
-                 for i, stride in enumerate(stage_strides(cfg))]  # then a size-keeping conv (the only one without any)
-        self.convs = nn.ModuleList(convs + [nn.Conv3d(D if convs else cfg.in_channels, D, 3, padding=1,
-                                                      padding_mode=cfg.padding)])
+        D, strides = cfg.n_hiddens, stage_strides(cfg) + [(1, 1, 1)]  # the strided stages, then a size-keeping conv
+        self.convs = nn.ModuleList([strided_conv(D if i else cfg.in_channels, D, s, padding=cfg.padding)
+                                    for i, s in enumerate(strides)])  # stage 0 reads C: at full size width D costs most
         self.blocks = nn.ModuleList([AttentionResidualBlock(cfg) for _ in range(cfg.n_res_layers)])
         self.out = nn.Sequential(group_norm(D), nn.ReLU())
 
     def forward(self, x, pos):
         for conv in self.convs[:-1]:
             x = F.relu(conv(x))
-        x = self.convs[-1](x)
+        x = self.convs[-1](x)  # no ReLU before the residual blocks
         for block in self.blocks:
             x = block(x, pos)
         return self.out(x)
@@ -216,7 +208,7 @@ class Decoder(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# The EMA codebook (van den Oord et al. 2017, appendix A.1)
+# The EMA codebook (van den Oord et al. 2017, appendix A.1), then the VQ-VAE around it
 
 def _is_dist():
     return dist.is_available() and dist.is_initialized()
@@ -233,11 +225,11 @@ class EMACodebook(nn.Module):
         self.register_buffer('initialized', torch.tensor(False))  # saved: a reloaded model never re-initialises
 
     def nearest(self, flat):
-        """(N, E) fp32 vectors -> (N,) index of the nearest code, (N,) squared distance to it."""
+        """(N, E) vectors -> (N,) index of the nearest code, (N,) squared distance to it, both computed in fp32."""
         # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2, and ||z||^2 joins after the min: no (N, K, E) tensor is built.
-        with torch.no_grad():  # an argmin has no gradient: keep the (N, K) distances out of the autograd graph
-            dist2, codes = (self.embeddings.pow(2).sum(1) - 2 * flat @ self.embeddings.t()).min(1)
-            return codes, (dist2 + flat.pow(2).sum(1)).clamp_min(0)
+        with torch.no_grad(), torch.autocast(flat.device.type, enabled=False):  # argmin: no gradient, no (N, K) graph
+            dist2, codes = (self.embeddings.pow(2).sum(1) - 2 * flat.float() @ self.embeddings.t()).min(1)
+            return codes, (dist2 + flat.float().pow(2).sum(1)).clamp_min(0)
 
     def _random_rows(self, z, n, weights=None):
         """n rows of z drawn with replacement, uniformly or with probability proportional to weights."""
@@ -289,9 +281,6 @@ class EMACodebook(nn.Module):
         return quantized, codes, commitment, perplexity, usage
 
 
-# ------------------------------------------------------------------------------------------------------------------
-# The VQ-VAE
-
 def bounded_mse(x_hat, x):
     """MSE where overshooting a target on a bound of [-0.5, 0.5] is free: black stays black (RESULTS.md)."""
     err = x_hat.float() - x.float()
@@ -336,8 +325,7 @@ class VQVAE(nn.Module):
         """(B, C, T, H, W) in [-0.5, 0.5] -> codes (B, t, h, w) int64. Never changes the codebook."""
         x = check_video(self.config, x).to(self.pre_vq.weight.dtype)  # float64 or fp16 input: the weights' dtype
         z = self.pre_vq(self.encoder(x, self.pos()))                         # (B, E, t, h, w)
-        with torch.autocast(z.device.type, enabled=False):
-            codes = self.codebook.nearest(rearrange(z.float(), 'B E t h w -> (B t h w) E'))[0]
+        codes = self.codebook.nearest(rearrange(z, 'B E t h w -> (B t h w) E'))[0]
         return codes.view(x.shape[0], *self.config.latent_shape)
 
     def decode(self, codes):
@@ -350,7 +338,7 @@ class VQVAE(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Stage two, the prior (VideoGPT section 3.2): its configuration
+# Stage two, the prior (VideoGPT section 3.2): its configuration, conditioning and transformer
 
 @dataclass
 class GPTConfig:
@@ -373,17 +361,12 @@ class GPTConfig:
 
     def __post_init__(self):
         self.latent_shape, self.tasks = tuple(self.latent_shape), tuple(self.tasks)
-        check_gpt_config(self)
-        for task in self.tasks:
-            task_mask(task, self.latent_shape)  # MAGVIT's section: raises for a task unknown or impossible on this grid
+        check_gpt_config(self, task_mask)  # task_mask (MAGVIT's section) raises for a task this grid cannot take
 
     @property
     def block_size(self):
         return math.prod(self.latent_shape)  # L
 
-
-# ------------------------------------------------------------------------------------------------------------------
-# Conditioning (paper section 3.2): a 3D ResNet over the conditioning frames, and conditional LayerNorm
 
 class FrameEncoder(nn.Module):
     """A 3D ResNet trained with the prior: (B, C, n_cond_frames, H, W) -> (B, S, D) tokens, S = n_cond_frames HW/64."""
@@ -428,9 +411,6 @@ class CondLayerNorm(nn.Module):
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias)
         return F.layer_norm(x, x.shape[-1:]) * self.gain(cond)[:, None] + self.bias(cond)[:, None]
 
-
-# ------------------------------------------------------------------------------------------------------------------
-# The transformer
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention, causal or not. (B, L, D) -> (B, L, D); with a cache, L new tokens at `pos`."""
@@ -500,11 +480,10 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=Non
         logits = logits.masked_fill(logits < kth, float('-inf'))
     if top_p is not None:  # keep the smallest set of tokens whose probabilities sum to >= top_p (Holtzman et al. 2020)
         sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p  # tokens entirely beyond the nucleus; the top one stays
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= top_p  # tokens entirely beyond the nucleus; the top one stays
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float('-inf'))
-    # Inverse-CDF sampling: one uniform number per row against the cumulative probabilities, the same draw as
-    # torch.multinomial at a quarter of its cost on a CPU (RESULTS.md).
+    # Inverse-CDF sampling, a uniform number per row: torch.multinomial's draw, a quarter of its CPU cost (RESULTS.md).
     cdf = logits.softmax(-1).cumsum(-1)  # (B, K)
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)[:, 0]
@@ -537,10 +516,8 @@ class VideoGPT(nn.Module):
 
     def _frame_kv(self, frames):
         """Cross-attention keys and values of each block for the conditioning frames, or Nones."""
-        if frames is None:
-            return [None] * len(self.blocks)
-        ctx = self.frame_encoder(frames)  # (B, S, D)
-        return [block.xattn.keys_values(ctx) for block in self.blocks]
+        ctx = None if frames is None else self.frame_encoder(frames)  # (B, S, D)
+        return [None if ctx is None else block.xattn.keys_values(ctx) for block in self.blocks]
 
     def _trunk(self, x, cond, frame_kv, caches=None, pos=0):
         for i, block in enumerate(self.blocks):
@@ -585,14 +562,14 @@ class VideoGPT(nn.Module):
             cond = torch.cat([cond, torch.zeros_like(cond)])
             frames = None if frames is None else torch.cat([frames, frames])
         self.eval()
-        dev, dtype, hd = self.sos.device, self.sos.dtype, cfg.n_embd // cfg.n_head
-        caches = [torch.empty(2, n * (1 + guided), cfg.n_head, L, hd, device=dev, dtype=dtype) for _ in self.blocks]
+        hd = cfg.n_embd // cfg.n_head  # caches (2, n or 2n, nh, L, hd); new_empty: the weights' dtype and device
+        caches = [self.sos.new_empty(2, n * (1 + guided), cfg.n_head, L, hd) for _ in self.blocks]
         frame_kv = self._frame_kv(frames)  # the frames' features: computed once, not once per token
         pos_emb = rearrange(self.pos_emb(), 't h w D -> (t h w) D')
-        all_logits = torch.empty(n, L, cfg.n_codes, device=dev) if return_logits else None
+        all_logits = torch.empty(n, L, cfg.n_codes, device=self.sos.device) if return_logits else None
         codes, x, p = self._prefix(n, given, given_mask, guided)
-        start = 0  # the cache holds positions < start
         for i in range(p, L):
+            start = i if i > p else 0  # the cache holds positions < start: the first pass fills it with the prefix
             h = self._trunk(x + pos_emb[start:i + 1], cond, frame_kv, caches, pos=start)  # (n or 2n, i+1-start, D)
             logits = self.head(h if return_logits else h[:, -1:]).float()  # (n or 2n, i+1-start or 1, K)
             if guided:
@@ -601,8 +578,7 @@ class VideoGPT(nn.Module):
             if return_logits:
                 all_logits[:, start:i + 1] = logits
             codes[:, i] = sample_logits(logits[:, -1], temperature, top_k, top_p, generator)
-            token, start = codes[:, i:i + 1], i + 1                        # (n, 1)
-            x = self.tok_emb(torch.cat([token, token]) if guided else token)  # no copy when not guided
+            x = self.tok_emb(codes[:, i:i + 1].repeat(1 + guided, 1))      # (n or 2n, 1, D)
         self.train(was_training)
         codes = codes.view(n, *cfg.latent_shape)
         return (codes, all_logits.view(*codes.shape, -1)) if return_logits else codes
@@ -650,11 +626,8 @@ def task_mask(task, latent_shape, n_given=1, seed=0):
     rows, cols = slice((h - h // 2) // 2, (h + h // 2) // 2), slice((w - w // 2) // 2, (w + w // 2) // 2)
     region = dict(fp=np.s_[:n_given], fi=np.s_[[0, -1]], opc=np.s_[:, rows, cols], oph=np.s_[:, :, cols],
                   opv=np.s_[:, rows], ipc=np.s_[:, rows, cols], uncond=np.s_[:0])  # np.s_[i]: the index i itself
-    if task in ('opd', 'ipd'):  # a bool mask indexes itself
-        region[task] = moving_box(latent_shape, seed)
-    if task not in region:
-        raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
-    given[region[task]] = True
+    need(task in TASKS, f"unknown task {task!r}: choose from {', '.join(TASKS)}")
+    given[moving_box(latent_shape, seed) if task in ('opd', 'ipd') else region[task]] = True  # a bool mask indexes too
     given = ~given if task in ('ipc', 'ipd') else given  # inpainting generates the box that outpainting gives
     if task != 'uncond' and (given.all() or not given.any() or n_given < 1):
         raise ValueError(f"task {task!r} (n_given={n_given}) on a {t}x{h}x{w} latent grid leaves nothing to "
@@ -689,12 +662,9 @@ def schedule_mask(given, r):
 def masked_inputs(gpt, tokens, mask=None):
     """Training inputs of a masked prior: tokens (B, L) -> (embeddings (B, L, D), targets (B, L), -100 = no loss).
     mask (B, t, h, w) True where a token becomes [MASK]; by default a task per video, then schedule_mask."""
-    cfg, B = gpt.config, tokens.shape[0]
-    if mask is None:
-        mask = schedule_mask(draw_task_masks(cfg.tasks, cfg.latent_shape, B, tokens.device),
-                             torch.rand(B, device=tokens.device))
-    else:
-        mask = rearrange(mask, 'B t h w -> B (t h w)')
+    cfg, B, dev = gpt.config, tokens.shape[0], tokens.device
+    mask = (schedule_mask(draw_task_masks(cfg.tasks, cfg.latent_shape, B, dev), torch.rand(B, device=dev))
+            if mask is None else rearrange(mask, 'B t h w -> B (t h w)'))  # (B, L)
     # MAGVIT's COMMIT mixes given tokens into [MASK] ones against copying; with only real codes given, no gain.
     x = gpt.tok_emb(tokens.masked_fill(mask, cfg.n_codes))  # given tokens go in as plain code embeddings
     return x, tokens.masked_fill(~mask, -100)  # cross_entropy ignores -100: only masked tokens count
@@ -705,17 +675,15 @@ def sample_masked(gpt, n, frames=None, cond=None, steps=None, temperature=1.0, c
                   generator=None, given=None, given_mask=None):
     """(n, t, h, w) codes by MaskGIT decoding (Chang et al. 2022), `steps` passes (default 12), causal=False; given
     ones stay. Also a method: gpt.sample_masked(n, ...)."""
-    if gpt.config.causal:
-        raise ValueError("sample_masked needs a bidirectional prior: build it with GPTConfig(causal=False)")
+    need(not gpt.config.causal, "sample_masked needs a bidirectional prior: build it with GPTConfig(causal=False)")
     check_knobs(gpt.config, temperature, steps=steps)
     steps = 12 if steps is None else steps  # MaskGIT's choice for its 256-token images
     frames, cond, given, given_mask = check_sampling_inputs(gpt, n, frames, cond, given, given_mask)
-    cfg, L, was_training = gpt.config, gpt.config.block_size, gpt.training
+    cfg, dev, was_training = gpt.config, gpt.sos.device, gpt.training
+    L, MASK = cfg.block_size, cfg.n_codes  # the [MASK] id: every token not given starts as one
     gpt.eval()
-    dev, MASK = gpt.sos.device, cfg.n_codes
-    tokens = torch.full((n, L), MASK, dtype=torch.long, device=dev)
-    if given is not None:
-        tokens = torch.where(given_mask, given.to(dev), tokens)
+    tokens = (torch.full((n, L), MASK, dtype=torch.long, device=dev) if given is None else
+              torch.where(given_mask, given.to(dev), MASK))  # (n, L): the given codes, [MASK] elsewhere
     n_unknown = (tokens == MASK).sum(1)                                            # (n,)
     frame_kv, pos_emb = gpt._frame_kv(frames), rearrange(gpt.pos_emb(), 't h w D -> (t h w) D')
     for s in range(steps):
@@ -734,47 +702,39 @@ def sample_masked(gpt, n, frames=None, cond=None, steps=None, temperature=1.0, c
     return tokens.view(n, *cfg.latent_shape)
 
 
-VideoGPT.sample_masked = sample_masked  # gpt.sample_masked(n, ...): VideoGPT.sample hands masked priors to it
-
-
 # ==================================================================================================================
 # PART II. TOOLS
 # ==================================================================================================================
-# Long videos: past the window by a sliding window (TATS, Ge et al. 2022), not in either paper
+# Long videos by a sliding window (TATS, Ge et al. 2022; in neither paper), sampling to files, prediction, completion,
+# and `evaluate`, the models' scores (the scores of videos, psnr, ssim, fvd, ..., are data.py's, importable here)
 
 def decode_long(vqvae, codes):
     """codes (B, t', h, w), t' > t -> (B, C, t' * d, H, W), each frame from the window it is most central in."""
     t, d, n = vqvae.config.latent_shape[0], vqvae.config.downsample[0], codes.shape[1]
     starts = sorted(set(range(0, n - t, max(1, t // 2))) | {n - t})  # half-overlapping: context on both sides
     windows = [vqvae.decode(codes[:, s:s + t]) for s in starts]
-    frames = []
-    for i in range(n):  # the window whose centre is nearest latent frame i
-        k = min((k for k, s in enumerate(starts) if s <= i < s + t), key=lambda k: abs(starts[k] + (t - 1) / 2 - i))
-        frames.append(windows[k][:, :, (i - starts[k]) * d:(i - starts[k] + 1) * d])
-    return torch.cat(frames, dim=2)
+    nearest = [min((k for k, s in enumerate(starts) if s <= i < s + t), key=lambda k: abs(starts[k] + (t - 1) / 2 - i))
+               for i in range(n)]  # for latent frame i, the window whose centre is nearest
+    return torch.cat([windows[k][:, :, (i - starts[k]) * d:(i - starts[k] + 1) * d] for i, k in enumerate(nearest)], 2)
 
 
 @torch.no_grad()
 def sample_long(gpt, n, n_latent_frames, frames=None, cond=None, **sampling):
     """(n, n_latent_frames, h, w) codes past the window t by TATS's sliding window; frames, cond: every window."""
     t, shape = gpt.config.latent_shape[0], gpt.config.latent_shape
-    if t < 2 or n_latent_frames < t:
-        raise ValueError(f"n_latent_frames={n_latent_frames}: sliding needs a prior of at least 2 latent frames "
-                         f"(this one has {t}) and at least {t} frames")
+    need(t >= 2 and n_latent_frames >= t, f"n_latent_frames={n_latent_frames}: sliding needs a prior of at least 2 "
+         f"latent frames (this one has {t}) and at least {t} frames")
     codes = gpt.sample(n, frames, cond, **sampling)  # given tokens, if any, apply to this first window only
-    out, context = [codes], torch.zeros(shape, dtype=torch.bool, device=codes.device)
-    context[:t - 1] = True  # the window's first t - 1 latent frames are given, its last one is sampled
+    out, context = [codes], task_mask('fp', shape, t - 1).to(codes.device)  # t - 1 latent frames given, 1 sampled
     for _ in range(n_latent_frames - t):  # one latent frame per slide, the last t - 1 re-encoded: positions shift
         codes = gpt.sample(n, frames, cond, **dict(sampling, given=codes.roll(-1, dims=1), given_mask=context))
         out.append(codes[:, -1:])  # roll: the last t - 1 frames move to the front; the wrapped one is replaced
     return torch.cat(out, dim=1)
 
 
-VQVAE.decode_long, VideoGPT.sample_long = decode_long, sample_long  # methods too: vqvae.decode and gpt.sample use them
+# Methods too: vqvae.decode hands long codes to decode_long, gpt.sample long videos and masked priors to these two.
+VQVAE.decode_long, VideoGPT.sample_long, VideoGPT.sample_masked = decode_long, sample_long, sample_masked
 
-
-# ------------------------------------------------------------------------------------------------------------------
-# Sampling to files, frame prediction and completion
 
 @torch.no_grad()
 def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed=0, nrow=None, vqvae_path='',
@@ -824,17 +784,11 @@ def predict_frames(vqvae, gpt, context, n_future, cond=None, generator=None, **s
     return vqvae.decode(codes)[:, :, T0 - s:T0 - s + n_future].clamp(-0.5, 0.5)
 
 
-# ------------------------------------------------------------------------------------------------------------------
-# Metrics: `evaluate` scores the models; the scores of videos themselves (psnr, ssim, frechet_distance, fvd,
-# prediction_scores, codebook_stats) are in data.py, beside the digit reader, and importable from here
-
 @torch.no_grad()
 def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
     """Held-out scores of videos (N, C, T, H, W) in [-0.5, 0.5], cond (N, ...) if the prior takes one: reconstruction
     (PSNR capped at 100 dB as psnr(); NMSE nan for constant videos), codebook_stats, bits per token."""
-    check_pixels(video)
-    need(batch_size >= 1 and (cond is None or len(cond) == len(video)), f"batch_size={batch_size}, {len(video)} videos"
-         f" and {'no' if cond is None else len(cond)} cond: batch_size >= 1 and one cond (label, actions) per video")
+    check_scored_videos(video, cond, batch_size)
     modes = {m: m.training for m in (vqvae, gpt) if m is not None}  # eval mode (the codebook stays still), restored
     for m in modes:
         m.eval()
@@ -863,22 +817,19 @@ def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Presets: the paper's settings (appendix tables; the authors' VideoGPT-Paper configs where the tables are silent)
+# Presets: the paper's settings (appendix tables; the authors' VideoGPT-Paper configs where the tables are silent),
+# checkpoints and pretrained weights, and MAGVIT's 3D inflation: a video tokenizer from an image one (section 3.1)
 
+_RGB = dict(in_channels=3, n_res_layers=4, embedding_dim=256, n_codes=1024)  # the VQ-VAE for BAIR and for UCF-101
+_BAIR = dict(n_embd=512, n_head=4, n_layer=8, dropout=0.2, n_cond_frames=1, frame_channels=3, cond_dim=64)
 PRESETS = {  # name: (VQVAEConfig overrides, GPTConfig overrides)
     'mnist': (dict(), dict()),  # the dataclass defaults: 16x64x64 grey -> 4x16x16 codes
-    'bair-8x32x32': (  # the paper's best BAIR setting: 16x64x64 RGB -> 8x32x32, first frame + actions
-        dict(in_channels=3, downsample=(2, 2, 2), n_res_layers=4, embedding_dim=256, n_codes=1024),
-        dict(n_embd=512, n_head=4, n_layer=8, dropout=0.2, n_cond_frames=1, frame_channels=3, cond_dim=64)),
-    'bair-4x32x32': (
-        dict(in_channels=3, downsample=(4, 2, 2), n_res_layers=4, embedding_dim=256, n_codes=1024),
-        dict(n_embd=512, n_head=4, n_layer=8, dropout=0.2, n_cond_frames=1, frame_channels=3, cond_dim=64)),
-    'ucf101': (  # 16x128x128 RGB -> 4x32x32, class-conditional (101 classes)
-        dict(in_channels=3, resolution=128, downsample=(4, 4, 4), n_res_layers=4, embedding_dim=256, n_codes=1024),
-        dict(n_embd=1024, n_head=8, n_layer=20, dropout=0.2, cond_dim=101)),
-    # Two digits, 8 frames -> 4x8x8 codes: 256 tokens, few enough for a 5M-parameter prior to learn on a CPU.
-    'mnist-cpu': (dict(sequence_length=8, downsample=(2, 8, 8), n_hiddens=64, n_codes=512),
-                  dict(n_embd=256, n_head=4, n_layer=6, dropout=0.0)),
+    'bair-8x32x32': (dict(_RGB, downsample=(2, 2, 2)), _BAIR),  # BAIR 16x64x64 RGB, first frame, actions: the best
+    'bair-4x32x32': (dict(_RGB, downsample=(4, 2, 2)), _BAIR),  # the same, its codes 4x32x32
+    'ucf101': (dict(_RGB, resolution=128, downsample=(4, 4, 4)),  # 16x128x128 RGB -> 4x32x32, 101 classes
+               dict(n_embd=1024, n_head=8, n_layer=20, dropout=0.2, cond_dim=101)),
+    'mnist-cpu': (dict(sequence_length=8, downsample=(2, 8, 8), n_hiddens=64, n_codes=512),  # two digits, 4x8x8 codes:
+                  dict(n_embd=256, n_head=4, n_layer=6, dropout=0.0)),  # 256 tokens, few enough for 5M weights on a CPU
     # Minutes on 2 CPU cores: one digit, 8 frames -> 4x8x8 codes, class-conditional; the narrowest that kept digits.
     'demo': (dict(sequence_length=8, downsample=(2, 8, 8), n_hiddens=48, n_res_layers=1, n_codes=128),
              dict(n_embd=128, n_head=2, n_layer=4, dropout=0.0, cond_dim=10, cond_dropout=0.1)),
@@ -893,14 +844,10 @@ def fit_prior(gcfg, vcfg):
 
 def preset_configs(name):
     """(VQVAEConfig, GPTConfig) of a preset, with the prior fitted to the VQ-VAE's codes."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    need(name in PRESETS, f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
     vcfg = VQVAEConfig(**PRESETS[name][0])
     return vcfg, fit_prior(GPTConfig(**PRESETS[name][1]), vcfg)
 
-
-# ------------------------------------------------------------------------------------------------------------------
-# Checkpoints and pretrained weights
 
 def load_model(path, kind=None):
     """A VQVAE or VideoGPT from its checkpoint (of `kind`, if given), in eval mode."""
@@ -918,14 +865,10 @@ PRETRAINED = {  # name: {file in weights/NAME/: sha256}, made by the README's Re
 
 def load_pretrained(name='moving-mnist', device='cpu'):
     """(vqvae, gpt) in eval mode from the weights committed under weights/NAME/: the bytes whose sha256 was checked."""
-    if name not in PRETRAINED:
-        raise ValueError(f"no pretrained weights named {name!r}: choose one of {', '.join(PRETRAINED)}")
+    need(name in PRETRAINED, f"no pretrained weights named {name!r}: choose one of {', '.join(PRETRAINED)}")
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights', name)
     return tuple(load_model(path).to(device) for path in data.checked_files(folder, PRETRAINED[name]))
 
-
-# ------------------------------------------------------------------------------------------------------------------
-# MAGVIT's 3D inflation: a video tokenizer started from an image tokenizer's weights (Yu et al. 2023, section 3.1)
 
 @torch.no_grad()
 def inflate_from_2d(vqvae, state_dict_2d, mode='central'):
@@ -940,8 +883,7 @@ def inflate_from_2d(vqvae, state_dict_2d, mode='central'):
         want = target[name]
         if w.ndim == 5 and w.shape[2] == 3 and w.shape[:2] + w.shape[3:] == want.shape[:2] + want.shape[3:]:
             # A 3-tap time kernel that only ever saw one frame and zero padding: its centre slice is the 2D kernel.
-            kt = want.shape[2]
-            transposed = isinstance(vqvae.get_submodule(name.rsplit('.', 1)[0]), nn.ConvTranspose3d)
+            kt, transposed = want.shape[2], isinstance(vqvae.get_submodule(name.rsplit('.', 1)[0]), nn.ConvTranspose3d)
             taps = ([1, 2] if transposed and kt == 4 else [(kt - 1) // 2]) if mode == 'central' else list(range(kt))
             share = 1 if mode == 'central' else kt / (2 if transposed else 1)  # a stride-2 transposed output sums 2
             centre = w[:, :, 1:2].expand_as(want[:, :, taps]) / share  # the 2D kernel on each chosen tap
@@ -987,10 +929,7 @@ class TrainConfig:
     perceptual_net: str = ''         # train-vqvae: a TorchScript feature network, (N, 3, H, W) in [-1, 1] -> features
 
     def __post_init__(self):
-        check_fields(self, 1, math.inf, 'steps', 'batch_size', 'log_every', 'sample_every', 'ckpt_every', 'n_digits')
-        check_fields(self, 0, math.inf, 'warmup', 'num_workers', 'weight_decay', 'dataset_size')
-        check_fields(self, 0, 2 ** 32, 'seed')  # numpy's generators take no negative seed; loader seeds mix in steps
-        need(self.lr > 0 and self.grad_clip > 0, f"lr and grad_clip must be > 0, got {self.lr}, {self.grad_clip}")
+        check_train_config(self)  # counts >= 1, rates > 0, a seed numpy takes
 
 
 def setup_device():
@@ -1043,8 +982,8 @@ def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg, aux=None):
     ckpt = load_checkpoint(ckpt_path, kind)
     saved = asdict(type(model_cfg)(**ckpt['config']))  # through the dataclass: lists become tuples again
     changed = ', '.join(f"{k}={saved[k]}" for k, v in asdict(model_cfg).items() if saved.get(k, v) != v)
-    if changed:  # a size mismatch deep in load_state_dict would not say which setting differs
-        raise ValueError(f"{ckpt_path} was trained with {changed}: resume with those settings, or --overwrite true")
+    # Said here: a size mismatch deep in load_state_dict would not say which setting differs.
+    need(not changed, f"{ckpt_path} was trained with {changed}: resume with those settings, or --overwrite true")
     for obj, key in ((model, 'model'), (opt, 'optimizer'), (scaler, 'scaler')):
         obj.load_state_dict(ckpt[key])
     for name, obj in (aux or {}).items():  # a discriminator and its optimizer, where step_fn trains one
@@ -1063,9 +1002,8 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
     aux: {name: module or optimizer} that step_fn trains itself (a discriminator), saved and resumed with the model."""
     device, rank, world, dtype, use_scaler = setup_device()
     files = rank == 0 and bool(tcfg.out_dir)  # only rank 0 writes, and out_dir '' writes nothing
-    ckpt_path = os.path.join(tcfg.out_dir, 'ckpt.pt')
+    ckpt_path, aux, extra = os.path.join(tcfg.out_dir, 'ckpt.pt'), aux or {}, extra or {}
     torch.manual_seed(tcfg.seed + rank)
-    aux = aux or {}
     for m in (model, *aux.values()):
         m.to(device) if isinstance(m, nn.Module) else None
     opt, scaler = make_optimizer(model, tcfg, device), torch.amp.GradScaler(device.type, enabled=use_scaler)
@@ -1110,9 +1048,8 @@ def train(model, kind, step_fn, dataset, tcfg, model_cfg, on_sample=None, extra=
                 rng = rng_states(device, world)  # a collective under DDP: every rank takes part
                 if files:
                     save_checkpoint(ckpt_path, kind=kind, config=asdict(model_cfg), model=model.state_dict(),
-                                    optimizer=opt.state_dict(), scaler=scaler.state_dict(), step=step, log=log,
-                                    rng=rng, train_config=asdict(tcfg), aux={k: v.state_dict() for k, v in aux.items()},
-                                    **(extra or {}))
+                                    optimizer=opt.state_dict(), scaler=scaler.state_dict(), step=step, log=log, rng=rng,
+                                    train_config=asdict(tcfg), aux={k: v.state_dict() for k, v in aux.items()}, **extra)
                     if log:
                         data.plot_metrics(os.path.join(tcfg.out_dir, 'loss.png'), log)
                 if world > 1:  # no rank goes on before rank 0's checkpoint is on disk: a resume must find it
@@ -1159,10 +1096,6 @@ def lecam(d_real, d_fake, disc, decay=0.99):
     return reg
 
 
-PERCEPTUAL = ("perceptual_weight > 0 and --perceptual-net FILE go together: no pretrained network ships here (a "
-              "TorchScript feature network of yours, like fvd's I3D)")
-
-
 def tokenizer_step(disc, disc_opt, cfg, perceptual_net=None):
     """vqvae_step plus MAGVIT's losses, a step_fn for train. After cfg.gan_warmup steps, the discriminator first takes
     a step of its own (logistic loss on real against reconstructed videos, + lecam_weight * LeCam), then the VQ-VAE's
@@ -1203,11 +1136,10 @@ def train_vqvae(vcfg, tcfg, dataset=None):
     model, step_fn, aux = VQVAE(vcfg), vqvae_step, None
     if vcfg.gan_weight or vcfg.perceptual_weight:  # MAGVIT's losses: built after the VQ-VAE, whose init stays put
         need(bool(vcfg.perceptual_weight) == bool(tcfg.perceptual_net), PERCEPTUAL)
-        net = tcfg.perceptual_net and torch.jit.load(tcfg.perceptual_net, map_location=setup_device()[0]).eval()
+        net = torch.jit.load(tcfg.perceptual_net, setup_device()[0]).eval() if tcfg.perceptual_net else None
         disc = Discriminator(vcfg)
         disc_opt = torch.optim.AdamW(disc.parameters(), lr=tcfg.lr, betas=(0.5, 0.9))  # GANs' usual lower beta1
-        step_fn = tokenizer_step(disc, disc_opt, vcfg, net or None)
-        aux = dict(discriminator=disc, disc_optimizer=disc_opt)
+        step_fn, aux = tokenizer_step(disc, disc_opt, vcfg, net), dict(discriminator=disc, disc_optimizer=disc_opt)
     return train(model, 'vqvae', step_fn, dataset, tcfg, vcfg, on_sample, aux=aux)
 
 
@@ -1216,10 +1148,9 @@ def train_gpt(gcfg, tcfg, dataset=None):
     device = setup_device()[0]
     vqvae = load_model(tcfg.vqvae, 'vqvae').requires_grad_(False).to(device)  # frozen: eval (EMA off), no gradients
     vcfg, keys = vqvae.config, ('n_codes', 'latent_shape') + ('frame_channels', 'frame_size') * bool(gcfg.n_cond_frames)
-    fitted = fit_prior(gcfg, vcfg)  # the frames, if any, come from the VQ-VAE's videos
-    if any(getattr(gcfg, k) != getattr(fitted, k) for k in keys):
-        raise ValueError(f"the prior expects {', '.join(f'{k}={getattr(gcfg, k)}' for k in keys)} but the VQ-VAE "
-                         f"makes {', '.join(f'{k}={getattr(fitted, k)}' for k in keys)}: use fit_prior(gcfg, vcfg)")
+    # The prior's codes, and its frames if any, must be the VQ-VAE's: the same values make the same text.
+    expects, makes = (', '.join(f'{k}={getattr(c, k)}' for k in keys) for c in (gcfg, fit_prior(gcfg, vcfg)))
+    need(expects == makes, f"the prior expects {expects} but the VQ-VAE makes {makes}: use fit_prior(gcfg, vcfg)")
     dataset = dataset or data.make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)
     if tcfg.codes_file:
         encoded = data.encode_dataset(vqvae, dataset, tcfg.codes_file, n_frames=gcfg.n_cond_frames)
@@ -1228,8 +1159,7 @@ def train_gpt(gcfg, tcfg, dataset=None):
 
     def step_fn(model, batch):
         codes = batch['codes'] if 'codes' in batch else vqvae.encode(batch['video'])
-        frames, cond = gpt_inputs(gcfg, batch)
-        _, loss = model(codes, frames, cond)
+        loss = model(codes, *gpt_inputs(gcfg, batch))[1]  # (logits, loss)[1], given frames and cond
         return loss, dict(bits_per_token=loss.detach() / math.log(2))  # nats / ln 2; uniform guessing: log2(n_codes)
 
     @torch.no_grad()
@@ -1276,61 +1206,42 @@ def eval_command(p, args):
     t0, (vqvae, gpt, held, ds, i3d), device = time.time(), data.check_eval_args(p, args, load_model), setup_device()[0]
     vqvae, gpt, n, grid = vqvae.to(device), gpt and gpt.to(device), args.n, None
     batch = torch.utils.data.default_collate([held[i] for i in tqdm(range(n), desc='videos', disable=None)])
-    cond = gpt_inputs(gpt.config, batch)[1] if gpt else None
-    scores = dict(videos=n, **evaluate(vqvae, gpt, batch['video'], cond, args.batch_size))
-    real, fake = batch['video'], None  # what FVD compares: reconstructions, or predicted continuations
+    real, fake, cond = batch['video'], None, gpt_inputs(gpt.config, batch)[1] if gpt else None  # fake: FVD's, below
+    scores = dict(videos=n, **evaluate(vqvae, gpt, real, cond, args.batch_size))
     classes, reader = data.two_digit_classes(held, n), data.load_digit_reader()  # two-digit Moving MNIST: read it
+    if classes is not None or (i3d and ds is None):  # the reconstructions, for the reader or for FVD
+        fake = torch.cat([vqvae(x.to(device))['x_hat'].clamp(-0.5, 0.5).cpu() for x in real.split(args.batch_size)])
     if classes is not None:  # what a viewer sees: frames whose two digits the reader names, real frames the ceiling
-        recon = torch.cat([vqvae(x.to(device))['x_hat'].clamp(-0.5, 0.5).cpu() for x in real.split(args.batch_size)])
-        for name, v in (('real', real), ('reconstructed', recon)):
+        for name, v in (('real', real), ('reconstructed', fake)):
             scores.update({f'{k} {name}': s for k, s in data.digit_reading(reader, v, classes).items()})
     if ds is not None:
         T, sampling = args.context + args.future, dict(temperature=args.temperature, top_k=args.top_k, steps=args.steps)
         g, sums, real, fake = torch.Generator(device).manual_seed(args.seed), {}, [], []
         classes = data.two_digit_classes(ds, n)
-        for start in tqdm(range(0, n, args.batch_size), desc='prediction', disable=None):
-            b = torch.utils.data.default_collate([ds[i] for i in range(start, min(n, start + args.batch_size))])
+        for i in tqdm(range(0, n, args.batch_size), desc='prediction', disable=None):
+            b = torch.utils.data.default_collate([ds[j] for j in range(i, min(n, i + args.batch_size))])
             x, c = b['video'][:, :, :T], gpt_inputs(gpt.config, b)[1]
             pred = predict_frames(vqvae, gpt, x[:, :, :args.context].to(device), args.future,
                                   None if c is None else c.to(device), g, **sampling).cpu()
-            future = x[:, :, args.context:]  # beside the prediction, two trivial baselines: black, the last frame again
-            for name, p in (('', pred), (' black', torch.full_like(future, -0.5)),
-                            (' last frame', x[:, :, args.context - 1:args.context].expand_as(future))):
-                for k, v in prediction_scores(p, future).items():
-                    sums[k + name] = sums.get(k + name, 0.0) + v.sum().item()
-                if classes is not None:
-                    kept = data.digit_reading(reader, p, classes[start:start + len(x)])['kept'] * len(x)
-                    sums['kept' + name] = sums.get('kept' + name, 0.0) + kept
+            data.add_prediction_sums(sums, x[:, :, :args.context], x[:, :, args.context:], pred, reader,
+                                     None if classes is None else classes[i:i + len(x)])  # and two baselines'
             real.append(x), fake.append(torch.cat([x[:, :, :args.context], pred], dim=2))
         real, fake = torch.cat(real), torch.cat(fake)
         scores.update({f'{args.context}->{args.future} {k}': v / len(real) for k, v in sums.items()})
         grid = torch.cat([real[:8], fake[:8]])  # real videos on the top row, predictions below
     if i3d:
-        if fake is None:
-            fake = torch.cat([vqvae(x.to(device))['x_hat'].clamp(-0.5, 0.5).cpu() for x in real.split(args.batch_size)])
         scores['fvd'] = fvd(real, fake, i3d.to(device), args.batch_size)
     scores['seconds'] = round(time.time() - t0, 1)
-    print('\n'.join(f"{k:<24} {v:.4g}" if isinstance(v, float) else f"{k:<24} {v}" for k, v in scores.items()))
-    info = {k: getattr(args, k) for k in 'vqvae gpt test_seq context future temperature top_k steps seed'.split()}
-    data.write_json(args.json, {data.EVAL_MARK: True, **info, **scores})  # the mark: eval may write here again
-    if grid is not None:  # after its JSON: a .gif is written only beside a JSON of eval's
-        data.save_video_grid(grid, args.json[:-len('.json')] + '.gif', nrow=min(8, len(real)))
-    print(f"wrote {args.json}")
+    data.write_eval(args, scores, grid)  # the table, the JSON, the GIF
     return scores
 
 
 def demo(p, args):
     """Both stages on Moving MNIST with the 'demo' preset, then samples.gif and recon.png in args.out_dir."""
-    try:
-        check_fields(args, 1, math.inf, 'vqvae_steps', 'gpt_steps')
-    except ValueError as e:
-        p.error(str(e))
-    data.check_paths(args, folders=('mnist_dir',))
-    data.check_writable(args.out_dir, '--out-dir', folder=True)
-    vcfg, gcfg = preset_configs('demo')
+    data.check_demo_args(p, args)
+    (vcfg, gcfg), t0 = preset_configs('demo'), time.time()
     common = dict(dataset='mnist', mnist_dir=args.mnist_dir, n_digits=1, dataset_size=10_000, num_workers=0,
                   log_every=50, warmup=100, overwrite=True, batch_size=8)  # one digit: two drew scribbles (RESULTS.md)
-    t0 = time.time()
     train_vqvae(vcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'vqvae'), steps=args.vqvae_steps, lr=1e-3,
                                   sample_every=args.vqvae_steps, ckpt_every=args.vqvae_steps, **common))
     vq_path, gpt_path = (os.path.join(args.out_dir, stage, 'ckpt.pt') for stage in ('vqvae', 'gpt'))
@@ -1364,13 +1275,7 @@ def train_command(p, args):
         need(args.cmd == 'train-gpt' or bool(vcfg.perceptual_weight) == bool(tcfg.perceptual_net), PERCEPTUAL)
     except ValueError as e:
         p.error(str(e))
-    data.check_paths(args, files=('perceptual_net',), folders=('data_dir', 'mnist_dir'))
-    try:  # a state_dict or a text file in its place: torch raises many types
-        tcfg.perceptual_net and torch.jit.load(tcfg.perceptual_net)
-    except Exception as e:
-        raise ValueError(f"--perceptual-net {tcfg.perceptual_net} is not a TorchScript network ({type(e).__name__})")
-    data.check_writable(tcfg.out_dir, '--out-dir', folder=True)
-    data.check_writable(tcfg.codes_file, '--codes-file')
+    data.check_train_files(args, tcfg)  # its files and folders, before any training
     dataset = data.make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)  # the data too, before training
     train_vqvae(vcfg, tcfg, dataset) if args.cmd == 'train-vqvae' else train_gpt(gcfg, tcfg, dataset)
 
@@ -1414,7 +1319,6 @@ def build_parser():
         f'{k}: {v}' for k, v in TASKS.items()))
     s.add_argument('--from', dest='from_', metavar='VIDEO', help="with --task: a video file, or val / train")
     s.add_argument('--n-given', type=int, default=None, help="latent frames given by --task fp (default 1)")
-    s.add_argument('--steps', type=int, default=None, help="forward passes of masked decoding (default 12)")
     s.add_argument('--frames', type=int, default=None, help="pixel frames per video past the VQ-VAE's window: slides")
     s.add_argument('--guidance', type=float, default=1.0, help="classifier-free guidance scale (1: none)")
     s.add_argument('--labels', type=int, nargs='+', help="class labels, cycled over the n videos (the demo's: 0-9)")
@@ -1427,7 +1331,6 @@ def build_parser():
     e.add_argument('--n', type=int, default=256, help="held-out videos")
     e.add_argument('--context', type=int, default=10, help="real frames given for prediction")
     e.add_argument('--future', type=int, default=10, help="frames predicted (0: none)")
-    e.add_argument('--steps', type=int, default=None, help="masked priors' passes (default 12)")
     e.add_argument('--batch-size', type=int, default=16)
     e.add_argument('--test-seq', default='', help="mnist_test_seq.npy: predict its videos")
     e.add_argument('--json', default='eval.json', help="the scores; the predictions go to the same name .gif")
@@ -1435,6 +1338,7 @@ def build_parser():
     for parser in (s, e):  # sampling and data, shared; the data default to the checkpoint's own
         parser.add_argument('--temperature', type=float, default=1.0)
         parser.add_argument('--top-k', type=int, default=None)
+        parser.add_argument('--steps', type=int, default=None, help="forward passes of masked decoding (default 12)")
         parser.add_argument('--seed', type=int, default=0)
         parser.add_argument('--dataset', default='', choices=('mnist', 'bair', 'folder'))
         parser.add_argument('--data-dir', default='')
