@@ -1886,10 +1886,11 @@ NOTEBOOKS = sorted(f for f in os.listdir(os.path.join(HERE, 'notebooks')) if f.e
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', NOTEBOOKS)
-def test_notebook_runs_top_to_bottom_in_fast_mode(name, monkeypatch):
+def test_notebook_runs_top_to_bottom_in_fast_mode(name, monkeypatch, tmp_path):
     import nbclient
     import nbformat
     monkeypatch.setenv('VIDEOGPT_FAST', '1')  # the kernel inherits this process's environment
+    monkeypatch.setenv('VIDEOGPT_RUNS', str(tmp_path))  # a fresh folder: reruns resume, and this one must train
     monkeypatch.setenv('MPLBACKEND', 'Agg')
     path = os.path.join(HERE, 'notebooks', name)
     assert os.path.getsize(path) < 3e6
@@ -1898,6 +1899,83 @@ def test_notebook_runs_top_to_bottom_in_fast_mode(name, monkeypatch):
                             resources={'metadata': {'path': os.path.dirname(path)}}).execute()  # raises on error
     assert any(o.get('output_type') == 'display_data' for c in nb.cells for o in c.get('outputs', [])), \
         "the notebook showed no picture"
+
+
+
+def _execute_notebook(name, env, monkeypatch, sizes_patch=''):
+    """Run notebooks/name top to bottom in a kernel with env set; sizes_patch is appended to its sizes cell (the
+    one that reads VIDEOGPT_CAP) as a learner would add a line there. Returns the executed notebook."""
+    import nbclient
+    import nbformat
+    for key in ('VIDEOGPT_FAST', 'VIDEOGPT_MODE', 'VIDEOGPT_CAP', 'VIDEOGPT_RUNS'):
+        monkeypatch.delenv(key, raising=False)
+    # One thread: beside another job on 2 cores, a kernel's two threads ran its sampling loops many times slower.
+    for key, value in dict(env, MPLBACKEND='Agg', OMP_NUM_THREADS='1').items():
+        monkeypatch.setenv(key, value)  # the kernel inherits this process's environment
+    path = os.path.join(HERE, 'notebooks', name)
+    nb = nbformat.read(path, as_version=4)
+    if sizes_patch:
+        sizes = [c for c in nb.cells if c.cell_type == 'code' and 'VIDEOGPT_CAP' in c.source]
+        assert len(sizes) == 1, 'one sizes cell reads VIDEOGPT_CAP'
+        sizes[0].source += '\n' + sizes_patch
+    nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',
+                            resources={'metadata': {'path': os.path.dirname(path)}}).execute()  # raises on error
+    return nb
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mode', ['cpu', 'gpu'])
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_notebook_every_mode_runs_with_counts_capped(name, mode, monkeypatch, tmp_path):
+    """Each mode's own sizes and branches (gpu's included, here on the CPU) run top to bottom, with every step count,
+    batch and clip count capped at 2; a rerun resumes the finished runs from their checkpoints instead of training."""
+    env = dict(VIDEOGPT_MODE=mode, VIDEOGPT_CAP='2', VIDEOGPT_RUNS=str(tmp_path))
+    nb = _execute_notebook(name, env, monkeypatch)
+    text = json.dumps([c.get('outputs', []) for c in nb.cells])
+    assert f'mode {mode} on cpu' in text and 'resumed' not in text
+    runs = [d for d in (tmp_path / os.listdir(tmp_path)[0]).iterdir() if (d / 'ckpt.pt').exists()]
+    assert len(runs) >= 2  # the VQ-VAE and at least one prior, each in a folder named after its sizes
+    if mode == 'gpu' and name.startswith('03'):  # one notebook rerun in the same folder: nothing trains again
+        nb = _execute_notebook(name, env, monkeypatch)
+        assert json.dumps([c.get('outputs', []) for c in nb.cells]).count('resumed') == len(runs)
+
+
+def _exercises(name):
+    """The changes the notebook's exercises ask for: the python blocks of its markdown cells after '## ... Exercises'."""
+    cells = json.load(open(os.path.join(HERE, 'notebooks', name)))['cells']
+    start = next(i for i, c in enumerate(cells) if c['cell_type'] == 'markdown'
+                 and re.match(r'## (\d+\. )?Exercises', ''.join(c['source'])))
+    text = '\n'.join(''.join(c['source']) for c in cells[start:] if c['cell_type'] == 'markdown')
+    return re.findall(r'```python\n(.*?)\n```', text, re.S)
+
+
+@pytest.mark.skipif(not NOTEBOOKS, reason='no notebooks')
+def test_notebooks_end_with_numbered_exercises_and_answers():
+    for name in NOTEBOOKS:
+        cells = json.load(open(os.path.join(HERE, 'notebooks', name)))['cells']
+        text = [''.join(c['source']) for c in cells]
+        numbers = [int(m) for t in text for m in re.findall(r'^\*\*Exercise (\d+)\.', t, re.M)]
+        assert 3 <= len(numbers) <= 5 and numbers == list(range(1, len(numbers) + 1)), name
+        assert len(_exercises(name)) == len(numbers), name  # each says its change as a python block
+        assert sum('<details><summary>Answer</summary>' in t for t in text) == len(numbers), name
+
+
+# Exercises run in two groups per notebook, each group's changes added to the sizes cell together, so that every
+# change runs as written at the cost of two capped fast runs. Changes that cannot go together (no actions, and
+# guidance on the actions) sit in different groups.
+EXERCISE_GROUPS = {'01': [(1, 3, 5), (2, 4)], '02': [(1, 4), (2, 3)], '03': [(1, 3), (2, 4)]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('group', [0, 1])
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_notebook_exercises_run_as_written(name, group, monkeypatch, tmp_path):
+    exercises, groups = _exercises(name), EXERCISE_GROUPS[name[:2]]
+    assert sorted(sum(groups, ())) == list(range(1, len(exercises) + 1)), 'every exercise in one group'
+    changes = [exercises[k - 1] for k in groups[group]]
+    env = dict(VIDEOGPT_FAST='1', VIDEOGPT_CAP='2', VIDEOGPT_RUNS=str(tmp_path))
+    nb = _execute_notebook(name, env, monkeypatch, '\n'.join(changes))
+    assert any(o.get('output_type') == 'display_data' for c in nb.cells for o in c.get('outputs', []))
 
 
 def _setup_cell(name):
@@ -1948,6 +2026,55 @@ def test_no_invented_repository_address():
         [open(os.path.join(HERE, 'notebooks', name)).read() for name in NOTEBOOKS]
     for text in texts:
         assert 'videogpt-reference' not in text and 'colab.research.google.com/github/' not in text
+
+
+
+LEAKS = {  # what a reader of the published files can neither follow nor use
+    'a local absolute path': r'(?<![\w.~])/(?:work|root|home|tmp|mnt|Users)/',
+    'the development tree': r'\.\./shared',
+    'a private tracker number': r'(?i)\bissues? #?\d+',
+    'private-development wording': r'(?i)(?<!colab )(?<!runtime )\bsessions?\b|\bsub-?agents?\b|\bhelper agents?\b'
+                                   r'|\bCEO\b|\bClaude\b',
+}
+
+
+def _published_texts():
+    """(name, text) of the README, RESULTS.md, the benchmark scripts, and each notebook's sources and saved outputs
+    (pictures left out: base64 can spell anything)."""
+    texts = [(f, open(os.path.join(HERE, f)).read()) for f in ['README.md'] + sorted(
+        os.path.join('benchmarks', b) for b in os.listdir(os.path.join(HERE, 'benchmarks')))
+        if os.path.isfile(os.path.join(HERE, f))]
+    for name in NOTEBOOKS:
+        for i, cell in enumerate(json.load(open(os.path.join(HERE, 'notebooks', name)))['cells']):
+            outputs = [{k: v for k, v in o.get('data', {}).items() if not k.startswith('image/')} | {
+                k: o[k] for k in ('text', 'ename', 'evalue', 'traceback') if k in o} for o in cell.get('outputs', [])]
+            texts.append((f'{name} cell {i}', ''.join(cell['source']) + json.dumps(outputs, ensure_ascii=False)))
+    return texts
+
+
+def test_published_files_hold_no_local_path_or_private_reference():
+    found = [f'{where}: {what} ({m.group(0)!r})' for where, text in _published_texts()
+             for what, pattern in LEAKS.items() for m in [re.search(pattern, text)] if m]
+    assert not found, '\n'.join(found)
+    assert re.search(LEAKS['a local absolute path'], 'saved in /tmp/run') and not re.search(
+        LEAKS['a local absolute path'], '~/.cache/videogpt, runs/notebooks and /content/drive')  # the patterns bite
+
+
+def test_notebook_01_uses_the_leaderboard_mse():
+    """One MSE in notebook 01, the Moving MNIST leaderboard's (summed over a frame's pixels), explained once."""
+    cells = json.load(open(os.path.join(HERE, 'notebooks', '01_moving_mnist.ipynb')))['cells']
+    code = '\n'.join(''.join(c['source']) for c in cells if c['cell_type'] == 'code')
+    prose = '\n'.join(''.join(c['source']) for c in cells if c['cell_type'] == 'markdown')
+    assert 'F.mse_loss' not in code and '.pow(2).mean(' not in code  # no per-pixel MSE printed as "MSE"
+    assert prose.count("MSE is the Moving MNIST leaderboard's") == 1
+
+
+def test_notebook_03_imports_what_it_uses():
+    """Notebook 03 runs without the names its setup cell happens to import (os, sys): its own import cell has them."""
+    cells = [''.join(c['source']) for c in json.load(open(os.path.join(
+        HERE, 'notebooks', '03_masked_generation.ipynb')))['cells'] if c['cell_type'] == 'code']
+    imports = next(c for c in cells if 'import dataclasses' in c)
+    assert re.search(r'import .*\bos\b', imports) and re.search(r'import .*\bsys\b', imports)
 
 
 # ------------------------------------------------------------------------------------------------------------------
