@@ -93,7 +93,8 @@ def main():
     for name, s in scores.items():
         if name not in rows:
             print(f"{name:<28} {'':>8} {'':>8} {s['mse']:>10.1f}")
-    out = dict(args=vars(args), reading={k: dict(legible=a, kept=b) for k, (a, b) in rows.items()}, scores=scores,
+    out = dict(args=dict(vars(args), mnist_dir='DIR'),  # the folder is the machine's own, not part of the result
+               reading={k: dict(legible=a, kept=b) for k, (a, b) in rows.items()}, scores=scores,
                seconds=round(time.time() - t0, 1))
     print(f"{out['seconds']} s")
     if args.json:
