@@ -18,6 +18,7 @@ For videogpt.py's models, out of their way: the checks on their configs and inpu
 check_knobs, ...; every error names the fix) and the scores of videos (psnr, ssim, fvd, prediction_scores), beside
 the digit reader that reads Moving MNIST frames as a viewer would.
 """
+import argparse
 import contextlib
 import glob
 import gzip
@@ -1107,8 +1108,9 @@ def check_codes(codes, latent_shape, n_codes, hint=""):
 
 
 def check_prior_inputs(gpt, codes=None, frames=None, cond=None, batch=None):
-    """The prior's inputs checked; returns frames and cond (a float (B, cond_dim) vector) in the weights' dtype."""
-    cfg, dtype = gpt.config, gpt.sos.dtype
+    """The prior's inputs checked; returns frames and cond (a float (B, cond_dim) vector) in the weights' dtype, on
+    their device: callers may pass CPU tensors."""
+    cfg, weights = gpt.config, gpt.sos
     if codes is not None:  # masked decoding may pass the [MASK] id K among the codes
         check_codes(codes, cfg.latent_shape, cfg.n_codes + (not cfg.causal), ": build the prior with GPTConfig("
                     "n_codes=vqvae.config.n_codes, latent_shape=vqvae.config.latent_shape)")
@@ -1119,7 +1121,7 @@ def check_prior_inputs(gpt, codes=None, frames=None, cond=None, batch=None):
             raise ValueError(f"this prior is frame-conditioned: pass frames as a float tensor of shape {want} "
                              f"in [-0.5, 0.5], got {None if frames is None else tuple(frames.shape)}")
         check_pixels(frames, 'frames')
-        frames = frames.to(dtype)
+        frames = frames.to(weights)
     elif frames is not None:
         raise ValueError("frames were given but n_cond_frames=0: build the prior with GPTConfig(n_cond_frames > 0)")
     if cfg.cond_dim:
@@ -1136,7 +1138,7 @@ def check_prior_inputs(gpt, codes=None, frames=None, cond=None, batch=None):
                              "GPTConfig(cond_dim=) to its size")
         if not torch.isfinite(cond).all():
             raise ValueError("cond holds NaN or inf values: check the actions or labels it came from")
-        cond = cond.to(dtype)
+        cond = cond.to(weights)
     elif cond is not None:
         raise ValueError("cond was given but GPTConfig.cond_dim is 0: build the prior with cond_dim > 0")
     return frames, cond
@@ -1204,6 +1206,14 @@ PERCEPTUAL = ("perceptual_weight > 0 and --perceptual-net FILE go together: no p
 # The most video values (float32) a command holds in one set: 4 GiB, and it holds two or three sets (real, decoded,
 # predicted). --n, --frames, --context and --future are bounded by it, each in its error message.
 MAX_VALUES = 2 ** 30
+
+
+def strict_bool(text):
+    """A boolean flag's value: true/false, yes/no or 1/0; anything else is an error, so that a typo never reads as
+    false (argparse's type for videogpt.py's boolean config fields)."""
+    if text.lower() not in ('true', 'false', 'yes', 'no', '1', '0'):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use true or false")
+    return text.lower() in ('true', 'yes', '1')
 
 
 def check_eval_args(p, args, load_model):
@@ -1390,7 +1400,6 @@ def plot_metrics(path, log):
 
 
 if __name__ == '__main__':
-    import argparse
     p = argparse.ArgumentParser(description='Prepare VideoGPT datasets.')
     sub = p.add_subparsers(dest='cmd', required=True)
     b = sub.add_parser('bair', help='convert the BAIR tar (downloading it with --download) into .npy files')
@@ -1455,9 +1464,10 @@ def fvd(videos_a, videos_b, i3d, batch_size=16):
 
 
 def codebook_stats(counts):
-    """(perplexity, usage) from a code histogram (bincount, minlength=n_codes): exp(entropy), 1..n_codes; share used."""
+    """(perplexity, usage) from a code histogram (bincount, minlength=n_codes): exp(entropy), 1..n_codes; share used.
+    0-dim tensors on the histogram's device: a training step logs them without waiting for the GPU."""
     p = counts.double() / counts.sum()
-    return torch.exp(-(p * p.clamp(min=1e-300).log()).sum()).item(), (p > 0).double().mean().item()
+    return torch.exp(-(p * p.clamp(min=1e-300).log()).sum()), (p > 0).double().mean()
 
 
 def add_prediction_sums(sums, context, future, pred, reader=None, classes=None):

@@ -38,11 +38,13 @@ from einops import rearrange, repeat
 from tqdm import tqdm
 
 import data  # datasets, checkpoint and other files, pictures: the model classes never use it
-from data import export_weights, find_vqvae, gpt_inputs, load_checkpoint, save_checkpoint  # videogpt's names too
-from data import (MAX_VALUES, PERCEPTUAL, check_codes, check_fields, check_gpt_config, check_knobs, check_pixels,
-                  check_prediction, check_prior_inputs, check_sampling_inputs, check_scored_videos, check_train_config,
-                  check_video, check_vqvae_config, need)
-from data import codebook_stats, frechet_distance, fvd, prediction_scores, psnr, ssim  # scores of videos
+from data import codebook_stats, find_vqvae, fvd, gpt_inputs, load_checkpoint, save_checkpoint, ssim, strict_bool
+from data import (PERCEPTUAL, check_codes, check_gpt_config, check_knobs, check_prediction, check_prior_inputs,
+                  check_sampling_inputs, check_scored_videos, check_train_config, check_video, check_vqvae_config, need)
+# data.py's names this file does not call, importable from it as before they moved there (vg.psnr and the others):
+MAX_VALUES, check_fields, check_pixels, export_weights = (data.MAX_VALUES, data.check_fields, data.check_pixels,
+                                                          data.export_weights)
+frechet_distance, prediction_scores, psnr = data.frechet_distance, data.prediction_scores, data.psnr
 
 
 # ==================================================================================================================
@@ -275,9 +277,8 @@ class EMACodebook(nn.Module):
             quantized = rearrange(F.embedding(codes, self.embeddings), 'B t h w E -> B E t h w')
             commitment = F.mse_loss(z, quantized.detach())  # VQ-VAE eq. 3 (beta is applied in VQVAE.forward)
             quantized = z + (quantized - z).detach()  # straight-through: gradients pass as if quantising were identity
-            probs = torch.bincount(codes.flatten(), minlength=self.n_codes).float() / codes.numel()
-            perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())      # effective number of codes used
-            usage = (probs > 0).float().mean()                                     # fraction of codes used at all
+            # Effective number of codes used (exp of the entropy), and the fraction used at all.
+            perplexity, usage = codebook_stats(torch.bincount(codes.flatten(), minlength=self.n_codes))
         return quantized, codes, commitment, perplexity, usage
 
 
@@ -453,12 +454,11 @@ class Block(nn.Module):
     """Pre-LN transformer block: self-attention, cross-attention to the frames if any, then an MLP."""
     def __init__(self, cfg):
         super().__init__()
-        self.ln1, self.attn = CondLayerNorm(cfg.n_embd, cfg.cond_dim), SelfAttention(cfg)
+        D, norm = cfg.n_embd, lambda: CondLayerNorm(cfg.n_embd, cfg.cond_dim)  # each sub-layer after its own norm
+        self.ln1, self.attn = norm(), SelfAttention(cfg)
         if cfg.n_cond_frames:
-            self.ln_x, self.xattn = CondLayerNorm(cfg.n_embd, cfg.cond_dim), CrossAttention(cfg)
-        self.ln2 = CondLayerNorm(cfg.n_embd, cfg.cond_dim)
-        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
-                                 nn.Linear(4 * cfg.n_embd, cfg.n_embd))
+            self.ln_x, self.xattn = norm(), CrossAttention(cfg)
+        self.ln2, self.mlp = norm(), nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(), nn.Linear(4 * D, D))
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, cond=None, frame_kv=None, cache=None, pos=0):
@@ -567,7 +567,10 @@ class VideoGPT(nn.Module):
         frame_kv = self._frame_kv(frames)  # the frames' features: computed once, not once per token
         pos_emb = rearrange(self.pos_emb(), 't h w D -> (t h w) D')
         all_logits = torch.empty(n, L, cfg.n_codes, device=self.sos.device) if return_logits else None
-        codes, x, p = self._prefix(n, given, given_mask, guided)
+        p = 0 if given is None else int(given_mask[0].sum())  # given codes: a raster prefix (check_sampling_inputs)
+        codes = given.clone() if p else torch.zeros(n, L, dtype=torch.long, device=self.sos.device)  # (n, L)
+        # The start token and the prefix go in as one chunk, so their keys and values fill the cache in a single pass.
+        x = torch.cat([self.sos.expand(n, 1, -1), self.tok_emb(codes[:, :p])], dim=1).repeat(1 + guided, 1, 1)
         for i in range(p, L):
             start = i if i > p else 0  # the cache holds positions < start: the first pass fills it with the prefix
             h = self._trunk(x + pos_emb[start:i + 1], cond, frame_kv, caches, pos=start)  # (n or 2n, i+1-start, D)
@@ -582,16 +585,6 @@ class VideoGPT(nn.Module):
         self.train(was_training)
         codes = codes.view(n, *cfg.latent_shape)
         return (codes, all_logits.view(*codes.shape, -1)) if return_logits else codes
-
-    def _prefix(self, n, given, given_mask, guided):
-        """(codes (n, L) with the given raster prefix filled in, the first input tokens, the prefix's length p): the
-        start token, then the prefix, go in as one chunk, so its keys and values fill the cache in a single pass."""
-        codes, x = torch.empty(n, self.config.block_size, dtype=torch.long, device=self.sos.device), self.sos
-        x, p = x.expand(n * (1 + guided), 1, -1), 0 if given is None else int(given_mask[0].sum())
-        if p:
-            codes[:, :p] = given[:, :p]
-            x = torch.cat([x, self.tok_emb(given[:, :p].repeat(1 + guided, 1))], dim=1)
-        return codes, x, p
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -740,11 +733,9 @@ VQVAE.decode_long, VideoGPT.sample_long, VideoGPT.sample_masked = decode_long, s
 def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed=0, nrow=None, vqvae_path='',
                   **sampling):
     """Sample n videos from a prior checkpoint and its VQ-VAE (find_vqvae) and write a GIF/MP4."""
-    device = setup_device()[0]
-    gpt = load_model(gpt_path, 'gpt').to(device)
-    vqvae = load_model(find_vqvae(gpt_path, vqvae_path), 'vqvae').to(device)
-    to = (lambda x: x if x is None else x.to(device))
-    codes = gpt.sample(n, to(frames), to(cond), generator=torch.Generator(device).manual_seed(seed), **sampling)
+    device, vqvae_path = setup_device()[0], find_vqvae(gpt_path, vqvae_path)
+    gpt, vqvae = load_model(gpt_path, 'gpt').to(device), load_model(vqvae_path, 'vqvae').to(device)
+    codes = gpt.sample(n, frames, cond, generator=torch.Generator(device).manual_seed(seed), **sampling)
     video = vqvae.decode(codes).clamp(-0.5, 0.5).cpu()
     if frames is not None:  # show the given conditioning frames in place of their reconstruction
         video[:, :, :frames.shape[2]] = frames
@@ -805,10 +796,10 @@ def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
         ssim_sum += ssim(x_hat, x).sum().item() if min(x.shape[-2:]) >= 11 else math.nan  # needs 11x11 frames
         if gpt is not None:
             frames = x[:, :, :gpt.config.n_cond_frames] if gpt.config.n_cond_frames else None
-            nats += gpt(out['codes'], frames, None if c is None else c.to(device))[1].item() * len(x)
+            nats += gpt(out['codes'], frames, c)[1].item() * len(x)
     for m, mode in modes.items():
         m.train(mode)
-    mse, var, (perplexity, usage) = sq / video.numel(), video.float().var().item(), codebook_stats(counts)
+    mse, var, (perplexity, usage) = sq / video.numel(), video.float().var().item(), map(float, codebook_stats(counts))
     scores = dict(psnr=10 * math.log10(1 / max(mse, 1e-10)), ssim=ssim_sum / len(video),
                   nmse=mse / var if var else math.nan, perplexity=perplexity, usage=usage)
     if gpt is not None:
@@ -1072,9 +1063,8 @@ class Discriminator(nn.Module):
         t = cfg.sequence_length
         for i in range(n_blocks):  # each halves h and w (t while it can) and doubles the width
             c, stride, t = width * 2 ** i, (2 if t > 1 else 1, 2, 2), max(1, t // 2)
-            block = dict(conv=nn.Conv3d(c, c, 3, padding=1), down=strided_conv(c, 2 * c, stride),
-                         skip=nn.Conv3d(c, 2 * c, 1, stride))
-            self.blocks.append(nn.ModuleDict(block))
+            down, skip = strided_conv(c, 2 * c, stride), nn.Conv3d(c, 2 * c, 1, stride)  # skip: the shortcut, 1x1x1
+            self.blocks.append(nn.ModuleDict(dict(conv=nn.Conv3d(c, c, 3, padding=1), down=down, skip=skip)))
         self.head = nn.Linear(width * 2 ** n_blocks, 1)
         self.register_buffer('ema_real', torch.tensor(0.0))  # LeCam's anchors: EMAs of the outputs on real and fake
         self.register_buffer('ema_fake', torch.tensor(0.0))
@@ -1164,9 +1154,8 @@ def train_gpt(gcfg, tcfg, dataset=None):
 
     @torch.no_grad()
     def on_sample(model, step):
-        frames, cond = gpt_inputs(gcfg, {k: v.to(device) for k, v in fixed.items()})
-        codes = model.sample(len(fixed['codes' if 'codes' in fixed else 'video']), frames, cond,
-                             generator=torch.Generator(device).manual_seed(0))
+        codes = model.sample(len(fixed['codes' if 'codes' in fixed else 'video']), *gpt_inputs(gcfg, fixed),
+                             generator=torch.Generator(device).manual_seed(0))  # frames, cond: sample moves them
         data.save_video_grid(vqvae.decode(codes).clamp(-0.5, 0.5).cpu(), os.path.join(tcfg.out_dir, 'samples.gif'))
     torch.manual_seed(tcfg.seed)
     return train(VideoGPT(gcfg), 'gpt', step_fn, dataset, tcfg, gcfg, on_sample,
@@ -1177,18 +1166,11 @@ def train_gpt(gcfg, tcfg, dataset=None):
 # ------------------------------------------------------------------------------------------------------------------
 # The command line
 
-def _strict_bool(text):
-    """true/false, yes/no or 1/0; anything else is an error, so that a typo never reads as false."""
-    if text.lower() not in ('true', 'false', 'yes', 'no', '1', '0'):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use true or false")
-    return text.lower() in ('true', 'yes', '1')
-
-
 def _add_dataclass_args(parser, cls, skip=()):
     """One --flag per dataclass field, so the command line can override every hyper-parameter."""
     for f in (fld for fld in fields(cls) if fld.name not in skip):
         kind = type(f.default)
-        kw = dict(type=_strict_bool, metavar='BOOL') if kind is bool else dict(type=kind)
+        kw = dict(type=strict_bool, metavar='BOOL') if kind is bool else dict(type=kind)
         if kind is tuple:  # downsample: exactly 3 ints; tasks: any number of names
             named = isinstance(f.default[0], str)
             kw = dict(type=str if named else int, nargs='+' if named else len(f.default))
@@ -1221,8 +1203,7 @@ def eval_command(p, args):
         for i in tqdm(range(0, n, args.batch_size), desc='prediction', disable=None):
             b = torch.utils.data.default_collate([ds[j] for j in range(i, min(n, i + args.batch_size))])
             x, c = b['video'][:, :, :T], gpt_inputs(gpt.config, b)[1]
-            pred = predict_frames(vqvae, gpt, x[:, :, :args.context].to(device), args.future,
-                                  None if c is None else c.to(device), g, **sampling).cpu()
+            pred = predict_frames(vqvae, gpt, x[:, :, :args.context].to(device), args.future, c, g, **sampling).cpu()
             data.add_prediction_sums(sums, x[:, :, :args.context], x[:, :, args.context:], pred, reader,
                                      None if classes is None else classes[i:i + len(x)])  # and two baselines'
             real.append(x), fake.append(torch.cat([x[:, :, :args.context], pred], dim=2))
@@ -1290,8 +1271,7 @@ def sample_command(p, args):
     else:  # the real videos on the first row, their completions below, the given regions outlined
         device = setup_device()[0]
         gpt, vqvae = load_model(args.gpt, 'gpt').to(device), load_model(args.vqvae, 'vqvae').to(device)
-        to = (lambda x: x if x is None else x.to(device))
-        out, given = complete_video(vqvae, gpt, to(videos), args.task, args.n_given, to(frames), to(cond),
+        out, given = complete_video(vqvae, gpt, videos.to(device), args.task, args.n_given, frames, cond,
                                     torch.Generator(device).manual_seed(args.seed), **sampling)
         mark = torch.stack([torch.zeros_like(given), given]).repeat_interleave(len(videos), 0)  # real row: none
         data.save_video_grid(torch.cat([videos, out.cpu()]), args.out, nrow=len(videos), mark=mark.cpu())
