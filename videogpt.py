@@ -850,8 +850,8 @@ def load_model(path, kind=None):
 
 
 PRETRAINED = {  # name: {file in weights/NAME/: sha256}, made by the README's Results commands (VQ-VAE first)
-    'moving-mnist': {'vqvae.pt': '784702d450ed549343639669ddb0a5e3cf801e4c6cb5bb4d902f86b5b2ef6c36',
-                     'gpt.pt': 'f4df6cca0f205333849c9841a9d8209f8a49f6a50b3c9720fb8a208ac2a30211'}}
+    'moving-mnist': {'vqvae.pt': 'cc5f3e300578073d1c07ffb30b4515b14ab0940061db0835c41a0e16b9503c67',
+                     'gpt.pt': '6bf72adac06b92cee6fd544820b9a69f832e432f85bad47c47256b0466483f91'}}
 
 
 def load_pretrained(name='moving-mnist', device='cpu'):
