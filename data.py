@@ -567,19 +567,23 @@ class BAIR(Dataset):
                 'actions': torch.from_numpy(actions[idx, s:s + self.n_frames].copy())}  # (T, 4); copy: read-only map
 
 
+SYNTHETIC_TABLE = (205, 195, 175)  # the synthetic archive's light table top, and its squares' colours (distinct)
+SYNTHETIC_COLOURS = np.array([[220, 40, 40], [40, 160, 40], [40, 70, 220], [240, 200, 30], [150, 40, 180], [30, 30, 30]],
+                             np.uint8)
+
+
 def write_bair_tar(path, n_train_files=2, n_test_files=1, records_per_file=2, seed=0):
     """Write a small synthetic tar in the exact BAIR layout and return its path. It exists for fast mode and demos.
 
-    NOT BAIR: each 30-frame episode is a coloured square on a plain table, pushed by its actions: action[:2] is the
-    square's move (dy, dx) in pixels from frame i to frame i + 1, action[2:] is zero. The format is BAIR's: files
+    NOT BAIR: each 30-frame episode is a square of one of six colours on a plain table, pushed by its actions:
+    action[:2] is the square's move (dy, dx) in pixels from frame i to frame i + 1, action[2:] is zero. The format is BAIR's: files
     softmotion30_44k/{train,test}/traj_A_to_B.tfrecords, and per frame i '{i}/image_aux1/encoded' (raw 64x64x3 uint8
     bytes), '{i}/action' (4 floats), plus the keys that convert_bair ignores, '{i}/image_main/encoded' (here the
     same picture flipped) and '{i}/endeffector_pos' (3 floats: the square's centre and 0).
     """
     import tempfile
     from tfrecord.writer import TFRecordWriter
-    rng, side = np.random.default_rng(seed), 12  # a 12 px square: big enough to see at 64x64
-    background = np.array([205, 195, 175], np.uint8)  # a light table top
+    rng, side, background = np.random.default_rng(seed), 12, np.array(SYNTHETIC_TABLE, np.uint8)  # 12 px: visible
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(path, 'w') as tar:
         for split, n_files in (('train', n_train_files), ('test', n_test_files)):
             for f in range(n_files):
@@ -587,7 +591,7 @@ def write_bair_tar(path, n_train_files=2, n_test_files=1, records_per_file=2, se
                 name = f'softmotion30_44k/{split}/traj_{a}_to_{a + records_per_file - 1}.tfrecords'
                 writer = TFRecordWriter(os.path.join(tmp, 'part.tfrecords'))
                 for _ in range(records_per_file):
-                    pos, colour = rng.uniform(0, BAIR_SIZE - side, 2), rng.integers(40, 256, 3)
+                    pos, colour = rng.uniform(0, BAIR_SIZE - side, 2), SYNTHETIC_COLOURS[rng.integers(6)]
                     action = np.zeros(4, np.float32)
                     datum = {}
                     for i in range(BAIR_FRAMES):
@@ -605,6 +609,19 @@ def write_bair_tar(path, n_train_files=2, n_test_files=1, records_per_file=2, se
                 writer.close()
                 tar.add(os.path.join(tmp, 'part.tfrecords'), arcname=name)
     return Path(path)
+
+
+def square_centres(video, tol=0.15):
+    """Where the synthetic archive's square is in video (B, 3, T, H, W) in [-0.5, 0.5]: (B, T, 2) centres as (y, x)
+    pixels, the mean place of the pixels off the table colour by more than tol in some channel (nan where none are),
+    and (B, T, 3) their mean colour. The notebooks score a sample's square against the real one with it."""
+    table = torch.tensor(SYNTHETIC_TABLE, dtype=torch.float32).view(1, 3, 1, 1, 1) / 255 - 0.5
+    mask = ((video.float() - table).abs().amax(1) > tol).float()  # (B, T, H, W): the square's pixels
+    n, (H, W) = mask.sum((2, 3)), video.shape[-2:]
+    ys, xs = torch.arange(H, dtype=torch.float32).view(H, 1), torch.arange(W, dtype=torch.float32)
+    centres = torch.stack([(mask * ys).sum((2, 3)) / n, (mask * xs).sum((2, 3)) / n], -1)  # 0 / 0: nan, no square
+    colours = torch.einsum('bcthw,bthw->btc', video.float(), mask) / n[..., None]
+    return centres, colours
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -2545,6 +2545,24 @@ def test_data_write_bair_tar_round_trips_through_convert(tmp_path):
     assert item['video'].std() > 0.01  # a picture, not a blank frame
 
 
+def test_synthetic_square_moves_by_its_actions_and_square_centres_finds_it(tmp_path):
+    tar = data.write_bair_tar(tmp_path / 'bair.tar', n_train_files=2, n_test_files=1, records_per_file=4, seed=3)
+    data.convert_bair(tar, tmp_path / 'out', n_val_files=1)
+    clips = data.BAIR(tmp_path / 'out', 'train', n_frames=30, train=False)
+    for item in (clips[i] for i in range(len(clips))):
+        centres, colours = data.square_centres(item['video'][None])
+        assert not centres.isnan().any()  # a square in every frame
+        palette = torch.tensor(data.SYNTHETIC_COLOURS, dtype=torch.float32) / 255 - 0.5
+        assert ((colours[0] - palette[:, None]).abs().amax(-1) < 0.01).all(-1).any()  # one palette colour throughout
+        # positions are whole pixels: each move is the action rounded, except where the table's edge stops it
+        moves, actions = centres[0].diff(dim=0), item['actions'][:-1, :2]
+        free = ((centres[0, 1:] - 6 > 0.5) & (centres[0, 1:] + 6 < 63.5) & (centres[0, :-1] - 6 > 0.5) &
+                (centres[0, :-1] + 6 < 63.5)).all(-1)
+        assert free.sum() > 5 and ((moves - actions)[free].abs() <= 1.0).all()
+    blank = torch.tensor(data.SYNTHETIC_TABLE, dtype=torch.float32).view(1, 3, 1, 1, 1).expand(1, 3, 2, 64, 64)
+    assert data.square_centres(blank / 255 - 0.5)[0].isnan().all()  # no square: no centre
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # The digit reader (data.py): what a viewer would call legible, and which digits a prediction kept
 
