@@ -571,6 +571,22 @@ def test_central_inflation_encodes_a_still_video_as_the_2d_tokenizer_encodes_its
     _raises(ValueError, 'cannot inflate', lambda: vg.inflate_from_2d(wide, image_vq.state_dict()))
 
 
+
+def test_train_vqvae_starts_from_the_weights_it_is_given(tmp_path):
+    """The route from inflate_from_2d to a trained 3D tokenizer: train_vqvae(init=) trains those weights, not fresh ones."""
+    vcfg = _tiny_vcfg()
+    torch.manual_seed(5)
+    start = vg.VQVAE(vcfg)
+    first = start.encoder.convs[0].weight.detach().clone()
+    fresh = vg.train_vqvae(vcfg, _tcfg(tmp_path / 'fresh', steps=1, lr=1e-9), _Clips())
+    given = vg.train_vqvae(vcfg, _tcfg(tmp_path / 'given', steps=1, lr=1e-9), _Clips(), init=start)
+    assert given is start
+    torch.testing.assert_close(given.encoder.convs[0].weight.detach(), first, atol=1e-6, rtol=0)
+    assert (fresh.encoder.convs[0].weight.detach() - first).abs().max() > 1e-2
+    other = dataclasses.replace(vcfg, n_codes=16)
+    _raises(ValueError, 'another VQVAEConfig',
+            lambda: vg.train_vqvae(other, _tcfg(tmp_path / 'c', steps=1), _Clips(), init=start))
+
 def test_schedule_masks_exactly_ceil_n_cos_among_the_unknown_tokens():
     given = torch.stack([vg.task_mask(t, (3, 4, 4)).flatten() for t in ('fp', 'opc', 'uncond', 'ipc')])
     n = (~given).sum(1)  # 32, 36, 48, 4 unknown tokens

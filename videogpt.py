@@ -1113,8 +1113,10 @@ def tokenizer_step(disc, disc_opt, cfg, perceptual_net=None):
     return step
 
 
-def train_vqvae(vcfg, tcfg, dataset=None):
-    """Stage 1: train a VQ-VAE on tcfg.dataset; writes ckpt.pt, metrics.jsonl, loss.png and recon.png."""
+def train_vqvae(vcfg, tcfg, dataset=None, init=None):
+    """Stage 1: train a VQ-VAE on tcfg.dataset, from init's weights if given (say, inflate_from_2d's), else fresh
+    ones; writes ckpt.pt, metrics.jsonl, loss.png and recon.png."""
+    need(init is None or init.config == vcfg, "init was built with another VQVAEConfig: pass init.config as vcfg")
     dataset = dataset or data.make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)
     fixed = torch.stack([dataset[i]['video'] for i in range(min(4, len(dataset)))])  # the same ones each time
 
@@ -1123,7 +1125,7 @@ def train_vqvae(vcfg, tcfg, dataset=None):
         x_hat = model.eval()(fixed.to(model.pos.tables[0].device))['x_hat'].clamp(-0.5, 0.5).cpu()
         data.save_video_grid(torch.cat([fixed, x_hat]), os.path.join(tcfg.out_dir, 'recon.png'))
     torch.manual_seed(tcfg.seed)  # the same initial weights on every rank and every rerun
-    model, step_fn, aux = VQVAE(vcfg), vqvae_step, None
+    model, step_fn, aux = VQVAE(vcfg) if init is None else init, vqvae_step, None
     if vcfg.gan_weight or vcfg.perceptual_weight:  # MAGVIT's losses: built after the VQ-VAE, whose init stays put
         need(bool(vcfg.perceptual_weight) == bool(tcfg.perceptual_net), PERCEPTUAL)
         net = torch.jit.load(tcfg.perceptual_net, setup_device()[0]).eval() if tcfg.perceptual_net else None

@@ -1,7 +1,7 @@
 """MAGVIT's tokenizer claims at this project's scale: reflect padding, and the GAN loss with LeCam.
 
     python benchmarks/tokenizer.py --mnist-dir DIR [--steps 400] [--out runs/tokenizer]
-    python benchmarks/tokenizer.py --claim gan --mnist-dir DIR [--steps 400]
+    python benchmarks/tokenizer.py --claim gan|inflation --mnist-dir DIR [--steps 400]
 
 Two VQ-VAEs of the mnist-cpu preset's shape (two-digit clips of 8 frames -> 4x8x8 codes, 8 px per latent cell), one
 with zero padding and one with reflect padding, trained alike: same steps, batch, learning rate and seed, so the same
@@ -13,6 +13,9 @@ edges included, where zero padding tells a cell where it is. Also each VQ-VAE's 
 --claim gan: the same VQ-VAE trained alike with MSE only, MSE + GAN (weight 0.1 after a third of the steps), and
 MSE + GAN + LeCam (0.001, MAGVIT's); each one's held-out reconstructions scored by PSNR, SSIM, the digit reader
 (legible, kept) and a Frechet distance between the reader's 128-d features of reconstructed and real frames.
+
+--claim inflation: the 3D VQ-VAE from fresh weights, or from a 2D one (sequence_length=1) trained on single frames and
+inflated by vg.inflate_from_2d ('central' or 'average'), then trained alike; the inflated arms' time counts the 2D run.
 """
 import argparse
 import os
@@ -74,12 +77,38 @@ def gan_claim(vcfg, tcfg_for, heldout, classes):
               f"Frechet (reader features) {data.frechet_distance(features(rec), real):.2f}", flush=True)
 
 
+def inflation_claim(vcfg, tcfg_for, heldout, steps):
+    """A 2D VQ-VAE trained on single frames (8 clips' frames per step), inflated centrally or by averaging, against
+    fresh weights: held-out PSNR/SSIM after 0 (inflated only), steps/4, steps/2 and steps 3D steps, each its own run."""
+    def scores(vqvae):
+        with torch.no_grad():
+            rec = vqvae.eval()(heldout)['x_hat'].clamp(-0.5, 0.5)
+        return f'PSNR {vg.psnr(rec, heldout).mean():.2f} dB  SSIM {vg.ssim(rec, heldout).mean():.3f}'
+    t0 = time.time()
+    image_cfg = replace(vcfg, sequence_length=1, downsample=(1,) + vcfg.downsample[1:])
+    image_vq = vg.train_vqvae(image_cfg, replace(tcfg_for('2d'), batch_size=64))
+    image_seconds = time.time() - t0
+    print(f'2D VQ-VAE on single frames: {steps} steps of 64 frames in {image_seconds:.0f} s', flush=True)
+    for arm in ('scratch', 'central', 'average'):
+        for budget in (0, steps // 4, steps // 2, steps):
+            init = None if arm == 'scratch' else vg.inflate_from_2d(vg.VQVAE(vcfg), image_vq.state_dict(), arm)
+            if arm == 'scratch' and budget == 0:
+                continue
+            t0 = time.time()
+            if budget:
+                tcfg = replace(tcfg_for(f'{arm}{budget}'), steps=budget, warmup=max(1, budget // 10),
+                               log_every=max(1, budget // 10), ckpt_every=budget, sample_every=budget)
+                init = vg.train_vqvae(vcfg, tcfg, init=init)
+            seconds = time.time() - t0 + image_seconds * (arm != 'scratch')
+            print(f'{arm:<8} {budget:5d} 3D steps  {seconds:5.0f} s in all  {scores(init)}', flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--mnist-dir', required=True)
     p.add_argument('--steps', type=int, default=400)
     p.add_argument('--out', default='runs/tokenizer')
-    p.add_argument('--claim', default='padding', choices=('padding', 'gan'))
+    p.add_argument('--claim', default='padding', choices=('padding', 'gan', 'inflation'))
     args = p.parse_args()
     vcfg, _ = vg.preset_configs('mnist-cpu')
     held, held_labels, source = data.mnist_digits(args.mnist_dir, train=False, download=False)
@@ -92,6 +121,8 @@ def main():
         sample_every=args.steps, resume=True)
     if args.claim == 'gan':
         return gan_claim(vcfg, tcfg_for, heldout, data.two_digit_classes(clips, 64))
+    if args.claim == 'inflation':
+        return inflation_claim(vcfg, tcfg_for, heldout, args.steps)
     for padding in ('zeros', 'reflect'):
         t0 = time.time()
         vqvae = vg.train_vqvae(replace(vcfg, padding=padding), tcfg_for(padding)).eval()
