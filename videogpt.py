@@ -851,7 +851,7 @@ def load_model(path, kind=None):
 
 PRETRAINED = {  # name: {file in weights/NAME/: sha256}, made by the README's Results commands (VQ-VAE first)
     'moving-mnist': {'vqvae.pt': 'cc5f3e300578073d1c07ffb30b4515b14ab0940061db0835c41a0e16b9503c67',
-                     'gpt.pt': '6bf72adac06b92cee6fd544820b9a69f832e432f85bad47c47256b0466483f91'}}
+                     'gpt.pt': 'ac8f9f6962391b13f4e7f29dd512f31e2b4892be2d95db399954ca6c3d88d0f3'}}
 
 
 def load_pretrained(name='moving-mnist', device='cpu'):

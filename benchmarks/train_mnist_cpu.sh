@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MNIST=${MNIST_DIR:?set MNIST_DIR to a folder with the MNIST .gz files: MNIST_DIR=DIR bash $0}
 OUT=${OUT:-runs/mm}
-GPT_STEPS=${GPT_STEPS:-7000}
+GPT_STEPS=${GPT_STEPS:-12000}
 resume() { if [ -f "$1/ckpt.pt" ]; then echo "--resume true"; fi; }
 common="--preset mnist-cpu --mnist-dir $MNIST --num-workers 1 --log-every 50"
 python videogpt.py train-vqvae $common --batch-size 8 --lr 1e-3 --warmup 100 --steps 6000 --ckpt-every 200 \
