@@ -568,18 +568,19 @@ class BAIR(Dataset):
 
 
 SYNTHETIC_TABLE = (205, 195, 175)  # the synthetic archive's light table top, and its squares' colours (distinct)
-SYNTHETIC_COLOURS = np.array([[220, 40, 40], [40, 160, 40], [40, 70, 220], [240, 200, 30], [150, 40, 180], [30, 30, 30]],
-                             np.uint8)
+SYNTHETIC_COLOURS = np.array([[220, 40, 40], [40, 160, 40], [40, 70, 220], [240, 200, 30], [150, 40, 180],
+                              [30, 30, 30]], np.uint8)  # six, far apart: a sample's colour is named without doubt
 
 
 def write_bair_tar(path, n_train_files=2, n_test_files=1, records_per_file=2, seed=0):
     """Write a small synthetic tar in the exact BAIR layout and return its path. It exists for fast mode and demos.
 
     NOT BAIR: each 30-frame episode is a square of one of six colours on a plain table, pushed by its actions:
-    action[:2] is the square's move (dy, dx) in pixels from frame i to frame i + 1, action[2:] is zero. The format is BAIR's: files
-    softmotion30_44k/{train,test}/traj_A_to_B.tfrecords, and per frame i '{i}/image_aux1/encoded' (raw 64x64x3 uint8
-    bytes), '{i}/action' (4 floats), plus the keys that convert_bair ignores, '{i}/image_main/encoded' (here the
-    same picture flipped) and '{i}/endeffector_pos' (3 floats: the square's centre and 0).
+    action[:2] is the square's move (dy, dx) in pixels from frame i to frame i + 1, action[2:] is zero. The format is
+    BAIR's: files softmotion30_44k/{train,test}/traj_A_to_B.tfrecords, and per frame i '{i}/image_aux1/encoded'
+    (raw 64x64x3 uint8 bytes), '{i}/action' (4 floats), plus the keys that convert_bair ignores,
+    '{i}/image_main/encoded' (here the same picture flipped) and '{i}/endeffector_pos' (3 floats: the square's centre
+    and 0).
     """
     import tempfile
     from tfrecord.writer import TFRecordWriter

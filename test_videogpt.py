@@ -571,9 +571,8 @@ def test_central_inflation_encodes_a_still_video_as_the_2d_tokenizer_encodes_its
     _raises(ValueError, 'cannot inflate', lambda: vg.inflate_from_2d(wide, image_vq.state_dict()))
 
 
-
 def test_train_vqvae_starts_from_the_weights_it_is_given(tmp_path):
-    """The route from inflate_from_2d to a trained 3D tokenizer: train_vqvae(init=) trains those weights, not fresh ones."""
+    """The route from inflate_from_2d to a trained 3D tokenizer: train_vqvae(init=) trains those weights, not fresh."""
     vcfg = _tiny_vcfg()
     torch.manual_seed(5)
     start = vg.VQVAE(vcfg)
@@ -586,6 +585,7 @@ def test_train_vqvae_starts_from_the_weights_it_is_given(tmp_path):
     other = dataclasses.replace(vcfg, n_codes=16)
     _raises(ValueError, 'another VQVAEConfig',
             lambda: vg.train_vqvae(other, _tcfg(tmp_path / 'c', steps=1), _Clips(), init=start))
+
 
 def test_schedule_masks_exactly_ceil_n_cos_among_the_unknown_tokens():
     given = torch.stack([vg.task_mask(t, (3, 4, 4)).flatten() for t in ('fp', 'opc', 'uncond', 'ipc')])
@@ -2571,7 +2571,7 @@ def test_synthetic_square_moves_by_its_actions_and_square_centres_finds_it(tmp_p
         palette = torch.tensor(data.SYNTHETIC_COLOURS, dtype=torch.float32) / 255 - 0.5
         assert ((colours[0] - palette[:, None]).abs().amax(-1) < 0.01).all(-1).any()  # one palette colour throughout
         # positions are whole pixels: each move is the action rounded, except where the table's edge stops it
-        moves, actions = centres[0].diff(dim=0), item['actions'][:-1, :2]
+        moves, actions = centres[0].diff(dim=0), item['actions'][:-1, :2]  # 6: half the 12 px square, off the edge
         free = ((centres[0, 1:] - 6 > 0.5) & (centres[0, 1:] + 6 < 63.5) & (centres[0, :-1] - 6 > 0.5) &
                 (centres[0, :-1] + 6 < 63.5)).all(-1)
         assert free.sum() > 5 and ((moves - actions)[free].abs() <= 1.0).all()

@@ -1,4 +1,4 @@
-"""MAGVIT's tokenizer claims at this project's scale: reflect padding, and the GAN loss with LeCam.
+"""MAGVIT's tokenizer claims at this project's scale: reflect padding, the GAN loss with LeCam, 3D inflation.
 
     python benchmarks/tokenizer.py --mnist-dir DIR [--steps 400] [--out runs/tokenizer]
     python benchmarks/tokenizer.py --claim gan|inflation --mnist-dir DIR [--steps 400]
@@ -58,6 +58,13 @@ def consistency(vqvae, digits, rng, n=256):
     return out
 
 
+def reconstruct(vqvae, heldout):
+    """(reconstructions of heldout (N, 1, T, 64, 64) in [-0.5, 0.5], 'PSNR .. dB  SSIM ..' over them)."""
+    with torch.no_grad():
+        rec = vqvae.eval()(heldout)['x_hat'].clamp(-0.5, 0.5)
+    return rec, f'PSNR {vg.psnr(rec, heldout).mean():.2f} dB  SSIM {vg.ssim(rec, heldout).mean():.3f}'
+
+
 def gan_claim(vcfg, tcfg_for, heldout, classes):
     """Train the three arms and print each one's reconstruction scores on heldout (N, 1, T, 64, 64)."""
     reader = data.load_digit_reader()
@@ -67,40 +74,33 @@ def gan_claim(vcfg, tcfg_for, heldout, classes):
     for name, extra in (('MSE only', {}), ('MSE + GAN', dict(gan_weight=0.1, gan_warmup=warmup)),
                         ('MSE + GAN + LeCam', dict(gan_weight=0.1, gan_warmup=warmup, lecam_weight=0.001))):
         t0 = time.time()
-        vqvae = vg.train_vqvae(replace(vcfg, **extra), tcfg_for(name.replace(' ', '').replace('+', '_'))).eval()
+        vqvae = vg.train_vqvae(replace(vcfg, **extra), tcfg_for(name.replace(' ', '').replace('+', '_')))
         seconds = time.time() - t0
-        with torch.no_grad():
-            rec = vqvae(heldout)['x_hat'].clamp(-0.5, 0.5)
+        rec, scores = reconstruct(vqvae, heldout)
         reading = data.digit_reading(reader, rec, classes)
-        print(f"{name:<18} {seconds:5.0f} s  PSNR {vg.psnr(rec, heldout).mean():.2f} dB  SSIM "
-              f"{vg.ssim(rec, heldout).mean():.3f}  legible {reading['legible']:.3f}  kept {reading['kept']:.3f}  "
+        print(f"{name:<18} {seconds:5.0f} s  {scores}  legible {reading['legible']:.3f}  kept {reading['kept']:.3f}  "
               f"Frechet (reader features) {data.frechet_distance(features(rec), real):.2f}", flush=True)
 
 
 def inflation_claim(vcfg, tcfg_for, heldout, steps):
     """A 2D VQ-VAE trained on single frames (8 clips' frames per step), inflated centrally or by averaging, against
     fresh weights: held-out PSNR/SSIM after 0 (inflated only), steps/4, steps/2 and steps 3D steps, each its own run."""
-    def scores(vqvae):
-        with torch.no_grad():
-            rec = vqvae.eval()(heldout)['x_hat'].clamp(-0.5, 0.5)
-        return f'PSNR {vg.psnr(rec, heldout).mean():.2f} dB  SSIM {vg.ssim(rec, heldout).mean():.3f}'
     t0 = time.time()
     image_cfg = replace(vcfg, sequence_length=1, downsample=(1,) + vcfg.downsample[1:])
     image_vq = vg.train_vqvae(image_cfg, replace(tcfg_for('2d'), batch_size=64))
     image_seconds = time.time() - t0
     print(f'2D VQ-VAE on single frames: {steps} steps of 64 frames in {image_seconds:.0f} s', flush=True)
     for arm in ('scratch', 'central', 'average'):
-        for budget in (0, steps // 4, steps // 2, steps):
+        for budget in (steps // 4, steps // 2, steps) if arm == 'scratch' else (0, steps // 4, steps // 2, steps):
             init = None if arm == 'scratch' else vg.inflate_from_2d(vg.VQVAE(vcfg), image_vq.state_dict(), arm)
-            if arm == 'scratch' and budget == 0:
-                continue
             t0 = time.time()
             if budget:
                 tcfg = replace(tcfg_for(f'{arm}{budget}'), steps=budget, warmup=max(1, budget // 10),
                                log_every=max(1, budget // 10), ckpt_every=budget, sample_every=budget)
                 init = vg.train_vqvae(vcfg, tcfg, init=init)
             seconds = time.time() - t0 + image_seconds * (arm != 'scratch')
-            print(f'{arm:<8} {budget:5d} 3D steps  {seconds:5.0f} s in all  {scores(init)}', flush=True)
+            scores = reconstruct(init, heldout)[1]
+            print(f'{arm:<8} {budget:5d} 3D steps  {seconds:5.0f} s in all  {scores}', flush=True)
 
 
 def main():
@@ -125,12 +125,11 @@ def main():
         return inflation_claim(vcfg, tcfg_for, heldout, args.steps)
     for padding in ('zeros', 'reflect'):
         t0 = time.time()
-        vqvae = vg.train_vqvae(replace(vcfg, padding=padding), tcfg_for(padding)).eval()
+        vqvae = vg.train_vqvae(replace(vcfg, padding=padding), tcfg_for(padding)).eval()  # encode: EMA off
         seconds = time.time() - t0
-        with torch.no_grad():
-            psnr = vg.psnr(vqvae(heldout)['x_hat'].clamp(-0.5, 0.5), heldout).mean().item()
+        scores = reconstruct(vqvae, heldout)[1]
         shares = consistency(vqvae, held, np.random.default_rng(0))
-        print(f'{padding:<8} {args.steps} steps in {seconds:.0f} s, held-out PSNR {psnr:.2f} dB; codes that move '
+        print(f'{padding:<8} {args.steps} steps in {seconds:.0f} s, held-out {scores}; codes that move '
               'with the digit: ' + ', '.join(f'{k} cell{"s" * (k > 1)} {s:.3f}' for k, s in shares.items()),
               flush=True)
 
