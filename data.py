@@ -35,6 +35,7 @@ import tempfile
 import time
 import urllib.request
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -302,7 +303,8 @@ MMNIST_STEP = 3.6
 class MovingMNIST(Dataset):
     """{'video': (1, n_frames, 64, 64) in [-0.5, 0.5]}: n_digits bouncing digits; sample i is fixed by (seed, i).
 
-    With labels (N,) and one digit per video, items also hold 'label', the digit's class, for class-conditional priors.
+    With labels (N,), items also hold 'label', for class-conditional priors: the digit's class () with one digit, the
+    digits' classes (n_digits,) with more (a prior reads them as a vector of counts per class).
     """
 
     def __init__(self, digits, n_frames=20, n_digits=2, length=10_000, seed=0, labels=None):
@@ -343,8 +345,9 @@ class MovingMNIST(Dataset):
                 patch = video[t, y:y + DIGIT_SIZE, x:x + DIGIT_SIZE]
                 np.maximum(patch, self.digits[digit], out=patch)  # pixel-wise max where digits overlap, as the original
         item = {'video': to_video(video)}
-        if self.labels is not None and self.n_digits == 1:  # a class for class-conditional priors: one digit only
-            item['label'] = torch.tensor(self.labels[ids[0]], dtype=torch.int64)
+        if self.labels is not None:  # the classes, for class-conditional priors
+            classes = torch.as_tensor(self.labels[ids], dtype=torch.int64)
+            item['label'] = classes[0] if self.n_digits == 1 else classes
         return item
 
     def classes(self, idx):
@@ -803,9 +806,14 @@ def sample_inputs(args, ckpt, vcfg):
             sys.exit(f"--actions {args.actions} is not a .npy of numbers ({str(e).splitlines()[0]}): np.save a float "
                      "array (T, 4) or (n, T, 4)")
         batch['actions'] = actions.expand(args.n, *actions.shape) if actions.ndim == 2 else actions
-    if gcfg.cond_dim and args.labels:
-        batch['label'] = torch.tensor(args.labels).repeat(args.n)[:args.n]
-    if gcfg.cond_dim and not {'actions', 'label'} & set(batch):
+    if gcfg.cond_dim and args.labels:  # '3,7': a video of a 3 and a 7
+        labels = [[int(c) for c in s.split(',')] if s.replace(',', '').isdigit() else None for s in args.labels]
+        if None in labels or len({len(c) for c in labels}) > 1:
+            sys.exit(f"--labels {' '.join(args.labels)}: give each video's classes as numbers joined by commas, as "
+                     "many for every video: --labels 3 7 (one digit each) or --labels 3,7 1,2 (two each)")
+        labels = torch.tensor(labels).repeat(args.n, 1)[:args.n]  # (n, classes per video), cycled
+        batch['label'] = labels[:, 0] if labels.shape[1] == 1 else labels
+    if gcfg.cond_dim and not gcfg.cond_dropout and not {'actions', 'label'} & set(batch):
         sys.exit("this prior is vector-conditioned: pass --actions FILE.npy, or --labels for class labels")
     if not gcfg.cond_dim and (args.actions or args.labels):  # else they would be ignored without a word
         sys.exit("this prior has no vector conditioning: drop --actions and --labels")
@@ -852,9 +860,9 @@ def held_out(args, ckpt, n_frames, resolution, train=False):
 def gpt_inputs(gcfg, batch):
     """(frames, cond) for the prior from a batch: the clip's first frames, its actions or label (gcfg: a GPTConfig)."""
     frames = batch['video'][:, :, :gcfg.n_cond_frames] if gcfg.n_cond_frames else None
-    if gcfg.cond_dim and not {'actions', 'label'} & set(batch):
+    if gcfg.cond_dim and not gcfg.cond_dropout and not {'actions', 'label'} & set(batch):  # else the null condition
         raise ValueError(f"the prior is vector-conditioned (cond_dim={gcfg.cond_dim}) but the items hold no 'actions' "
-                         "or 'label': use BAIR, class folders, Moving MNIST with --n-digits 1, or --cond-dim 0")
+                         "or 'label': use BAIR, class folders, Moving MNIST with labels, or --cond-dim 0")
     return frames, (batch.get('actions', batch.get('label')) if gcfg.cond_dim else None)  # actions win over a label
 
 
@@ -1008,6 +1016,23 @@ def export_weights(ckpt_path, out_path, vqvae_rel=None):
     save_checkpoint(out_path, **out)
 
 
+@torch.no_grad()
+def init_prior(gpt, path):
+    """gpt (a VideoGPT) with the weights of the prior at path, of the same sizes; an unconditional prior's norms become
+    gpt's conditional ones with the condition ignored at first: a class-conditional prior fine-tuned from it."""
+    ckpt, cfg = load_checkpoint(path, 'gpt'), asdict(gpt.config)
+    saved = dict(asdict(type(gpt.config)(**ckpt['config'])), cond_dim=cfg['cond_dim'], cond_dropout=cfg['cond_dropout'])
+    if saved != cfg or ckpt['config']['cond_dim'] not in (0, cfg['cond_dim']):
+        raise ValueError(f"{path} is a prior of other sizes or conditioning than {gpt.config}: pass one that fits")
+    state = dict(ckpt['model'])
+    for name, m in gpt.named_modules():  # CondLayerNorm: a plain norm's weight is gain's bias, its bias is bias's
+        if getattr(m, 'cond_dim', 0) and f'{name}.weight' in state:
+            state.update({f'{name}.gain.bias': state.pop(f'{name}.weight'), f'{name}.gain.weight': m.gain.weight,
+                          f'{name}.bias.bias': state.pop(f'{name}.bias'), f'{name}.bias.weight': m.bias.weight})
+    gpt.load_state_dict(state)
+    return gpt
+
+
 def find_vqvae(gpt_path, vqvae_path=''):
     """vqvae_path, or the prior's VQ-VAE checkpoint: relative to its folder first (a moved run), then absolute."""
     if vqvae_path:
@@ -1057,6 +1082,14 @@ def check_vqvae_config(cfg):
             raise ValueError(f"{axis}={n} is not divisible by its downsample factor {d}: use multiples of {d}")
     need(cfg.padding == 'zeros' or min(cfg.latent_shape) >= 2, f"padding='reflect' reflects a neighbour: every "
          f"latent axis needs 2 or more, got {cfg.latent_shape}; use padding='zeros' or downsample less")
+
+
+def check_prior_fits(gcfg, fitted):
+    """Raise unless the prior's codes, and its frames if any, are the VQ-VAE's: fitted = fit_prior(gcfg, vcfg)."""
+    keys = ('n_codes', 'latent_shape') + ('frame_channels', 'frame_size') * bool(gcfg.n_cond_frames)
+    expects, makes = (', '.join(f'{k}={getattr(c, k)}' for k in keys) for c in (gcfg, fitted))
+    if expects != makes:
+        raise ValueError(f"the prior expects {expects} but the VQ-VAE makes {makes}: use fit_prior(gcfg, vcfg)")
 
 
 def check_gpt_config(cfg, task_mask):
@@ -1142,14 +1175,16 @@ def check_prior_inputs(gpt, codes=None, frames=None, cond=None, batch=None):
         frames = frames.to(weights)
     elif frames is not None:
         raise ValueError("frames were given but n_cond_frames=0: build the prior with GPTConfig(n_cond_frames > 0)")
+    if cfg.cond_dim and cond is None and cfg.cond_dropout:  # trained with the null condition: p(x) without cond
+        cond = torch.zeros(batch, cfg.cond_dim, device=weights.device)
     if cfg.cond_dim:
         if cond is None:
             raise ValueError(f"vector-conditioned prior: pass cond ({batch}, {cfg.cond_dim}) or int labels (B,)")
-        if not cond.is_floating_point():  # class labels -> one-hot vectors
-            if cond.shape != (batch,) or cond.min() < 0 or cond.max() >= cfg.cond_dim:
-                raise ValueError(f"class labels must be ({batch},) in [0, {cfg.cond_dim}), got {tuple(cond.shape)}: "
-                                 f"{cond.flatten()[:8].tolist()}")
-            cond = F.one_hot(cond.long(), cfg.cond_dim).float()
+        if not cond.is_floating_point():  # class labels (B,) -> one-hot; (B, k), k per video -> counts per class
+            if cond.shape[:1] != (batch,) or cond.ndim > 2 or cond.min() < 0 or cond.max() >= cfg.cond_dim:
+                raise ValueError(f"class labels must be ({batch},) or ({batch}, k) in [0, {cfg.cond_dim}), got "
+                                 f"{tuple(cond.shape)}: {cond.flatten()[:8].tolist()}")
+            cond = F.one_hot(cond.long().view(batch, -1), cfg.cond_dim).sum(1).float()
         cond = cond.reshape(cond.shape[0], -1)  # BAIR's (B, T, 4) actions are flattened to (B, 4T)
         if cond.shape != (batch, cfg.cond_dim):
             raise ValueError(f"cond must be ({batch}, {cfg.cond_dim}), got {tuple(cond.shape)}: set "
@@ -1296,6 +1331,7 @@ def check_train_files(args, tcfg):
         tcfg.perceptual_net and torch.jit.load(tcfg.perceptual_net)
     except Exception as e:
         raise ValueError(f"--perceptual-net {tcfg.perceptual_net} is not a TorchScript network ({type(e).__name__})")
+    tcfg.init_from and load_checkpoint(tcfg.init_from, 'gpt')  # its sizes: init_prior, once the prior is built
     check_writable(tcfg.out_dir, '--out-dir', folder=True)
     check_writable(tcfg.codes_file, '--codes-file')
 

@@ -423,6 +423,15 @@ def test_class_labels_and_action_sequences_as_cond():
     by_label, _ = g(codes, cond=torch.tensor([1, 3]))
     by_onehot, _ = g(codes, cond=F.one_hot(torch.tensor([1, 3]), 4).float())
     torch.testing.assert_close(by_label, by_onehot)
+    # Two digits per video (B, 2): counts per class, so a pair of equal digits differs from one of them
+    g = _conditional_gpt()
+    by_pairs, _ = g(codes, cond=torch.tensor([[1, 3], [2, 2]]))
+    torch.testing.assert_close(by_pairs, g(codes, cond=torch.tensor([[0, 1, 0, 1], [0, 0, 2, 0.]]))[0])
+    assert (by_pairs - g(codes, cond=torch.tensor([1, 2]))[0]).abs().max() > 1e-3
+    _raises(ValueError, r'\(2,\) or \(2, k\) in \[0, 4\)', lambda: g(codes, cond=torch.tensor([[1, 4], [0, 0]])))
+    # Trained with the null condition (cond_dropout), a prior without cond samples from it: p(x)
+    g = _conditional_gpt(cond_dropout=0.1)
+    torch.testing.assert_close(g(codes)[0], g(codes, cond=torch.zeros(2, 4))[0])
     g2 = tiny_gpt(cond_dim=8).eval()  # BAIR: (B, T, 4) actions, flattened
     assert g2(codes, cond=torch.randn(2, 2, 4))[0].shape == (2, 2, 3, 3, 16)
 
@@ -585,6 +594,26 @@ def test_train_vqvae_starts_from_the_weights_it_is_given(tmp_path):
     other = dataclasses.replace(vcfg, n_codes=16)
     _raises(ValueError, 'another VQVAEConfig',
             lambda: vg.train_vqvae(other, _tcfg(tmp_path / 'c', steps=1), _Clips(), init=start))
+
+
+def test_a_class_conditional_prior_starts_from_an_unconditional_one_as_it_was(tmp_path):
+    """init_prior (TrainConfig.init_from): the unconditional prior's norms become conditional ones that ignore the
+    condition at first, so the logits are the same for any cond; then train_gpt trains it on the labels."""
+    vq = vg.train(tiny_vqvae(), 'vqvae', vg.vqvae_step, _Clips(), _tcfg(tmp_path / 'vq', steps=2), _tiny_vcfg())
+    gcfg = vg.fit_prior(vg.GPTConfig(n_layer=1, n_head=2, n_embd=16), vq.config)
+    base = vg.train_gpt(gcfg, _tcfg(tmp_path / 'u', steps=2, vqvae=str(tmp_path / 'vq' / 'ckpt.pt')), _Clips())
+    cond_cfg = dataclasses.replace(gcfg, cond_dim=3, cond_dropout=0.1)
+    g = vg.init_prior(vg.VideoGPT(cond_cfg), tmp_path / 'u' / 'ckpt.pt').eval()
+    codes = torch.randint(0, gcfg.n_codes, (2, *gcfg.latent_shape))
+    for cond in (torch.tensor([0, 2]), torch.tensor([[1, 1], [0, 2]]), None):
+        torch.testing.assert_close(g(codes, cond=cond)[0], base.eval()(codes)[0], atol=1e-4, rtol=1e-4)
+    tuned = vg.train_gpt(cond_cfg, _tcfg(tmp_path / 'c', steps=3, lr=1e-2, vqvae=str(tmp_path / 'vq' / 'ckpt.pt'),
+                                         init_from=str(tmp_path / 'u' / 'ckpt.pt')), _Clips(with_label=True)).eval()
+    assert (tuned(codes, cond=torch.tensor([0, 2]))[0] - tuned(codes, cond=torch.tensor([1, 1]))[0]).abs().max() > 1e-3
+    assert (tuned.blocks[0].attn.qkv.weight - base.blocks[0].attn.qkv.weight).abs().max() < 0.1  # tuned, not fresh
+    for other in (dataclasses.replace(cond_cfg, n_embd=32), dataclasses.replace(gcfg, cond_dim=4)):
+        _raises(ValueError, 'other sizes or conditioning',
+                lambda: vg.init_prior(vg.VideoGPT(other), tmp_path / 'c' / 'ckpt.pt'))
 
 
 def test_schedule_masks_exactly_ceil_n_cos_among_the_unknown_tokens():
@@ -1471,6 +1500,16 @@ def test_eval_command_scores_reconstruction_prediction_and_fvd(tmp_path, mnist_d
     assert 'bits_per_token' not in vq_only and '10->10 mse' not in vq_only and vq_only['videos'] == 3
 
 
+def test_sample_labels_give_each_video_its_classes_one_or_two():
+    vcfg = vg.VQVAEConfig(sequence_length=8, downsample=(2, 8, 8), n_hiddens=16)
+    ckpt = dict(config=vg.asdict(vg.fit_prior(vg.GPTConfig(cond_dim=10, cond_dropout=0.1), vcfg)))
+    cond = lambda *flags: data.sample_inputs(vg.build_parser().parse_args(  # noqa: E731
+        ['sample', '--gpt', 'g.pt', '--n', '3', *flags]), ckpt, vcfg)[2]
+    assert cond('--labels', '3,7', '1,2').tolist() == [[3, 7], [1, 2], [3, 7]]  # cycled over the 3 videos
+    assert cond('--labels', '3', '7').tolist() == [3, 7, 3]
+    assert cond() is None  # trained with the null condition: sampled without one
+
+
 def test_sample_command_with_frames_from_a_video_file_and_an_actions_file(tmp_path):
     vq = vg.train(tiny_vqvae(), 'vqvae', vg.vqvae_step, _Clips(), _tcfg(tmp_path / 'vq', steps=2), _tiny_vcfg())
     vcfg = vq.config
@@ -1747,7 +1786,8 @@ def _cli_table(f):
            ('--tasks', ['bogus', '--causal', 'false'], 2, 'unknown task'),
            ('--tasks', ['fp'], 2, 'need a masked prior'), ('--vqvae', [nowhere], 1, 'no checkpoint at'),
            ('--vqvae', [f['nc']], 1, "holds a 'gpt' model where a 'vqvae'"),
-           ('--codes-file', [dud], 1, 'cannot write in'), ('--codes-file', [f['vq']], 1, 'is not a codes file')]
+           ('--codes-file', [dud], 1, 'cannot write in'), ('--codes-file', [f['vq']], 1, 'is not a codes file'),
+           ('--init-from', [nowhere], 1, 'no checkpoint at'), ('--init-from', [f['vq']], 1, "'vqvae' model where a 'gpt'")]
     fp, mk, ar = ['--gpt', f['mk'], '--task', 'fp'], ['--gpt', f['mk']], ['--gpt', f['ar']]
     sample = [('--gpt', [nowhere], 1, 'no checkpoint at'), ('--gpt', [f['vq']], 1, "holds a 'vqvae' model"),
               ('--vqvae', [nowhere], 1, 'no checkpoint at'), ('--vqvae', [f['nc']], 1, "holds a 'gpt' model"),
@@ -1764,8 +1804,9 @@ def _cli_table(f):
               ('--steps', [5], 2, 'steps counts the passes'), ('--steps', [0, *mk], 2, 'steps must be a positive'),
               ('--steps', [10 ** 6, *mk], 2, 'at most the 32 tokens'), ('--frames', [5], 1, 'multiple of 2'),
               ('--frames', [2_000_000], 1, r'from 4 to \d+ \(4 GiB'), ('--guidance', [2], 2, 'cond_dropout=0.1'),
-              ('--guidance', ['nan'], 2, 'needs a finite value'), ('--labels', ['x'], 2, 'invalid int'),
-              ('--labels', [7, *ar], 1, r'class labels must be \(8,\) in \[0, 3\)'),
+              ('--guidance', ['nan'], 2, 'needs a finite value'), ('--labels', ['x', *ar], 1, 'joined by commas'),
+              ('--labels', [1, '1,2', *ar], 1, 'as many for every video'),
+              ('--labels', [7, *ar], 1, r'class labels must be \(8,\) or \(8, k\) in \[0, 3\)'),
               ('--labels', [1], 1, 'no vector conditioning: drop --actions and --labels'),
               ('--frames-from', ['val'], 1, 'drop --frames-from: this prior takes no frames'),
               ('--actions', [f['objects.npy'], *ar], 1, 'not a .npy of numbers'),
@@ -2230,12 +2271,14 @@ def test_data_moving_mnist_labels_name_the_digit_shown():
         shown = round((item['video'].max().item() + 0.5) * 255 / 20) - 1  # which digit is in the video
         assert item['label'].dtype == torch.int64 and item['label'].item() == labels[shown]
     assert 'label' not in data.MovingMNIST(digits, n_frames=4, n_digits=1)[0]
-    two = data.MovingMNIST(digits, n_frames=4, n_digits=2, labels=labels)  # no 'label': a pair is not one class
-    assert 'label' not in two[0] and all(labels[i] in two.classes(0).tolist() for i in two.trajectory(0)[0])
+    two = data.MovingMNIST(digits, n_frames=4, n_digits=2, labels=labels)  # two digits: both classes, in order shown
+    assert two[0]['label'].tolist() == two.classes(0).tolist() == [labels[i] for i in two.trajectory(0)[0]]
     with pytest.raises(ValueError, match='one label per digit'):
         data.MovingMNIST(digits, n_frames=4, n_digits=2, labels=labels[:3])
-    with pytest.raises(ValueError, match='--n-digits 1'):  # a class-conditional prior on unlabelled videos
+    with pytest.raises(ValueError, match='Moving MNIST with labels'):  # a class-conditional prior, unlabelled videos
         vg.gpt_inputs(vg.GPTConfig(cond_dim=10), {'video': torch.zeros(2, 1, 4, 64, 64)})
+    assert vg.gpt_inputs(vg.GPTConfig(cond_dim=10, cond_dropout=0.1), {'video': torch.zeros(2, 1, 4, 64, 64)}) == (
+        None, None)  # trained with the null condition: it is the condition of unlabelled videos
 
 
 def test_data_moving_mnist_bounces_and_stays_in_bounds():
@@ -2629,6 +2672,19 @@ def test_reader_frames_targets_match_what_is_drawn():
     assert x.shape == (64, 1, 64, 64) and -0.5 <= x.min() and x.max() <= 0.5
     ink = (x > 0).flatten(1).any(1)
     assert set(y.sum(1).tolist()) <= {0.0, 1.0, 2.0} and ink[y.sum(1) > 0].all()  # a labelled digit has ink
+
+
+def test_committed_prior_is_hash_checked_and_told_or_not_told_the_digits():
+    """The committed two-digit prior loads (sha256 checked), takes the two classes as cond, and samples without one."""
+    vqvae, gpt = vg.load_pretrained('moving-mnist')
+    assert gpt.config.cond_dim == 10 and gpt.config.cond_dropout > 0
+    codes = vqvae.encode(torch.zeros(2, 1, 8, 64, 64) - 0.5)  # black clips
+    told, _ = gpt(codes, cond=torch.tensor([[3, 7], [0, 0]]))
+    untold, _ = gpt(codes)  # the null condition
+    assert (told - untold).abs().max() > 0.1  # the classes change the prediction
+    a, b = (gpt.sample(1, cond=torch.tensor([[3, 7]]), guidance=3.0, generator=torch.Generator().manual_seed(0),
+                       given=codes[:1], given_mask=vg.task_mask('fp', gpt.config.latent_shape, 3)) for _ in range(2))
+    assert torch.equal(a, b) and torch.equal(a[:, :3], codes[:1, :3])  # seeded, the given prefix kept
 
 
 def test_committed_digit_reader_reads_blank_and_fragments_as_no_digit():

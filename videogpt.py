@@ -38,7 +38,8 @@ from einops import rearrange, repeat
 from tqdm import tqdm
 
 import data  # datasets, checkpoint and other files, pictures: the model classes never use it
-from data import codebook_stats, find_vqvae, fvd, gpt_inputs, load_checkpoint, save_checkpoint, ssim, strict_bool
+from data import (codebook_stats, find_vqvae, fvd, gpt_inputs, init_prior, load_checkpoint, save_checkpoint, ssim,
+                  strict_bool)
 from data import (PERCEPTUAL, check_codes, check_gpt_config, check_knobs, check_prediction, check_prior_inputs,
                   check_sampling_inputs, check_scored_videos, check_train_config, check_video, check_vqvae_config, need)
 # data.py's names this file does not call, importable from it as before they moved there (vg.psnr and the others):
@@ -851,7 +852,7 @@ def load_model(path, kind=None):
 
 PRETRAINED = {  # name: {file in weights/NAME/: sha256}, made by the README's Results commands (VQ-VAE first)
     'moving-mnist': {'vqvae.pt': 'cc5f3e300578073d1c07ffb30b4515b14ab0940061db0835c41a0e16b9503c67',
-                     'gpt.pt': 'ac8f9f6962391b13f4e7f29dd512f31e2b4892be2d95db399954ca6c3d88d0f3'}}
+                     'gpt.pt': '6e77315b54bce589b1ba398f0e085906e0b31ebc06a74f3124165d691e9f3f16'}}
 
 
 def load_pretrained(name='moving-mnist', device='cpu'):
@@ -917,6 +918,7 @@ class TrainConfig:
     dataset_size: int = 0            # Moving MNIST training videos: 0 draws a fresh one for every item; N fixes N
     vqvae: str = ''                  # train-gpt: the VQ-VAE checkpoint whose codes the prior models
     codes_file: str = ''             # train-gpt: encode a fixed-size dataset once into this file and train on it
+    init_from: str = ''              # train-gpt: start from this prior's weights (init_prior: may add conditioning)
     perceptual_net: str = ''         # train-vqvae: a TorchScript feature network, (N, 3, H, W) in [-1, 1] -> features
 
     def __post_init__(self):
@@ -1139,11 +1141,8 @@ def train_gpt(gcfg, tcfg, dataset=None):
     """Stage 2: train the prior on the codes of a frozen VQ-VAE (tcfg.vqvae); writes ckpt.pt and samples.gif."""
     device = setup_device()[0]
     vqvae = load_model(tcfg.vqvae, 'vqvae').requires_grad_(False).to(device)  # frozen: eval (EMA off), no gradients
-    vcfg, keys = vqvae.config, ('n_codes', 'latent_shape') + ('frame_channels', 'frame_size') * bool(gcfg.n_cond_frames)
-    # The prior's codes, and its frames if any, must be the VQ-VAE's: the same values make the same text.
-    expects, makes = (', '.join(f'{k}={getattr(c, k)}' for k in keys) for c in (gcfg, fit_prior(gcfg, vcfg)))
-    need(expects == makes, f"the prior expects {expects} but the VQ-VAE makes {makes}: use fit_prior(gcfg, vcfg)")
-    dataset = dataset or data.make_dataset(tcfg, vcfg.sequence_length, vcfg.resolution)
+    data.check_prior_fits(gcfg, fit_prior(gcfg, vqvae.config))  # its codes, and frames if any, must be the VQ-VAE's
+    dataset = dataset or data.make_dataset(tcfg, vqvae.config.sequence_length, vqvae.config.resolution)
     if tcfg.codes_file:
         encoded = data.encode_dataset(vqvae, dataset, tcfg.codes_file, n_frames=gcfg.n_cond_frames)
         dataset = data.CodesDataset(dataset, encoded, keep_video=gcfg.n_cond_frames > 0)
@@ -1160,7 +1159,8 @@ def train_gpt(gcfg, tcfg, dataset=None):
                              generator=torch.Generator(device).manual_seed(0))  # frames, cond: sample moves them
         data.save_video_grid(vqvae.decode(codes).clamp(-0.5, 0.5).cpu(), os.path.join(tcfg.out_dir, 'samples.gif'))
     torch.manual_seed(tcfg.seed)
-    return train(VideoGPT(gcfg), 'gpt', step_fn, dataset, tcfg, gcfg, on_sample,
+    model = init_prior(VideoGPT(gcfg), tcfg.init_from) if tcfg.init_from else VideoGPT(gcfg)
+    return train(model, 'gpt', step_fn, dataset, tcfg, gcfg, on_sample,
                  extra=dict(vqvae=os.path.abspath(tcfg.vqvae),  # a reference to stage 1, not a copy of it;
                             vqvae_rel=os.path.relpath(tcfg.vqvae, tcfg.out_dir)))  # found again after a move
 
@@ -1291,7 +1291,7 @@ def build_parser():
         # The prior's codes and frames are the VQ-VAE's (fit_prior); its file and codes file are train-gpt's only.
         gpt = cfg_cls is GPTConfig
         _add_dataclass_args(t, cfg_cls, skip=('n_codes', 'latent_shape', 'frame_channels', 'frame_size') * gpt)
-        _add_dataclass_args(t, TrainConfig, skip=('perceptual_net',) if gpt else ('vqvae', 'codes_file'))
+        _add_dataclass_args(t, TrainConfig, skip=('perceptual_net',) if gpt else ('vqvae', 'codes_file', 'init_from'))
     s = sub.add_parser('sample', help="sample videos from a prior checkpoint, or complete a real one (--task)")
     s.add_argument('--gpt', required=True, help="the prior's ckpt.pt")
     s.add_argument('--vqvae', default='', help="its VQ-VAE's ckpt.pt (default: the one it was trained on)")
@@ -1303,7 +1303,7 @@ def build_parser():
     s.add_argument('--n-given', type=int, default=None, help="latent frames given by --task fp (default 1)")
     s.add_argument('--frames', type=int, default=None, help="pixel frames per video past the VQ-VAE's window: slides")
     s.add_argument('--guidance', type=float, default=1.0, help="classifier-free guidance scale (1: none)")
-    s.add_argument('--labels', type=int, nargs='+', help="class labels, cycled over the n videos (the demo's: 0-9)")
+    s.add_argument('--labels', nargs='+', help="classes of each video, cycled: 3 (a 3), 3,7 (a 3 and a 7)")
     s.add_argument('--frames-from', help="conditioning frames: 'val' / 'train' (a dataset split) or a video file")
     s.add_argument('--actions', help="a .npy of actions (n, T, 4) or (T, 4), for action-conditioned priors")
     s.add_argument('--top-p', type=float, default=None)

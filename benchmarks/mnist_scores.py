@@ -11,6 +11,8 @@ Printed, each beside its ceiling or trivial baseline:
 - MSE per frame (squared error summed over a frame's pixels in [0, 1], the Moving MNIST leaderboard's) and SSIM of
   the same predictions and baselines, and the best of --best-of samples per clip by MSE;
 - legible among --samples unconditional samples.
+A class-conditional prior (cond_dim 10, trained with the null condition) is scored both ways: without a condition
+(the rows above) and told the context's two digits, or asked for two digits (samples: kept = the asked-for digits).
 """
 import argparse
 import os
@@ -53,6 +55,7 @@ def main():
     p.add_argument('--future', type=int, default=10)
     p.add_argument('--best-of', type=int, default=8, help="samples per clip for the best-of MSE (1: skip)")
     p.add_argument('--samples', type=int, default=32, help="unconditional samples scored for legibility (0: skip)")
+    p.add_argument('--guidance', type=float, default=1.0, help="classifier-free guidance where a condition is given")
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--json', default='', help="also write the scores here")
@@ -67,12 +70,18 @@ def main():
         gpt = vg.load_model(args.gpt, 'gpt')
         context, future = videos[:, :, :args.context], videos[:, :, args.context:]
         g = torch.Generator().manual_seed(args.seed)
-        predict = lambda **kw: torch.cat([vg.predict_frames(vqvae, gpt, c, args.future, generator=g, **kw)  # noqa
-                                          for c in context.split(args.batch_size)])
+        told = gpt.config.cond_dim == 10  # two-digit class-conditional: also told the context's digits
+
+        def predict(cond=False, **kw):  # cond: told the digits, else without a condition (the null one)
+            return torch.cat([vg.predict_frames(vqvae, gpt, c, args.future, y if cond else None, g, **kw)
+                              for c, y in zip(context.split(args.batch_size), classes.split(args.batch_size))])
         knobs = dict(top_k=1) if gpt.config.causal else dict(temperature=0.0)
-        preds = {'prediction, temperature 1': predict(), 'prediction, greedy': predict(**knobs),
-                 'black frames': torch.full_like(future, -0.5),
-                 'last context frame': context[:, :, -1:].expand_as(future)}
+        preds = {'prediction, temperature 1': predict(), 'prediction, greedy': predict(**knobs)}
+        if told:
+            preds.update({'told the digits, temp. 1': predict(True, guidance=args.guidance),
+                          'told the digits, greedy': predict(True, guidance=args.guidance, **knobs)})
+        preds.update({'black frames': torch.full_like(future, -0.5),
+                      'last context frame': context[:, :, -1:].expand_as(future)})
         rows['real future frames'] = reading(reader, future, classes)
         for name, pred in preds.items():
             rows[name] = reading(reader, pred, classes)
@@ -81,10 +90,13 @@ def main():
             mse = torch.stack([vg.prediction_scores(predict(), future)['mse'] for _ in range(args.best_of - 1)] +
                               [vg.prediction_scores(preds['prediction, temperature 1'], future)['mse']])
             scores[f'best of {args.best_of}, temperature 1'] = dict(mse=mse.min(0).values.mean().item())
-        if args.samples and gpt.config.causal and not gpt.config.cond_dim and not gpt.config.n_cond_frames:
-            codes = gpt.sample(args.samples, generator=g)
+        asked = classes.repeat(args.samples // len(classes) + 1, 1)[:args.samples]  # the held-out clips' pairs
+        arms = [('samples', None)] + [('samples asked for 2 digits', asked)] * told
+        for name, cond in arms if args.samples and gpt.config.causal and not gpt.config.n_cond_frames else []:
+            codes = gpt.sample(args.samples, cond=cond, generator=g, guidance=1.0 if cond is None else args.guidance)
             sampled = torch.cat([vqvae.decode(c).clamp(-0.5, 0.5) for c in codes.split(args.batch_size)])
-            rows['samples'] = (reading(reader, sampled, classes[:1].expand(args.samples, -1))[0], float('nan'))
+            legible, kept = reading(reader, sampled, asked)
+            rows[name] = (legible, float('nan') if cond is None else kept)
     print(f"{'':<28} {'legible':>8} {'kept':>8} {'MSE/frame':>10} {'SSIM':>7}")
     for name, (legible, kept) in rows.items():
         s = scores.get(name, {})
