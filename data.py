@@ -6,7 +6,7 @@ files, BAIR is converted from its TFRecords without TensorFlow and with every wi
 video clips are cached so that training is not bound by the video decoder.
 
 Every dataset returns a dict: 'video' float32 (C, T, H, W) in [-0.5, 0.5], plus 'actions' (T, 4) for BAIR and
-'label' int64 () for one-digit Moving MNIST and for a VideoFolder with class subfolders.
+'label' int64 for labelled Moving MNIST (() with one digit, (2,) with two) and for a VideoFolder with class subfolders.
 Axis legend: N samples, T frames, H/W pixels, C channels.
 
 For videogpt.py's training loop and command line: make_dataset (a dataset by name), batches (batches that --resume
@@ -754,7 +754,7 @@ def make_dataset(tcfg, n_frames, resolution, train=True):
     if tcfg.dataset == 'mnist':
         digits, labels, source = mnist_digits(tcfg.mnist_dir or None, train)
         print(f"Moving MNIST from {source}")
-        # one digit per video: its class is a 'label', for class-conditional priors (GPTConfig.cond_dim=10)
+        # the digits' classes are a 'label', for class-conditional priors (GPTConfig.cond_dim=10)
         # Training draws a fresh video for every item (index space 2^62) unless dataset_size fixes a set; held-out
         # sets are fixed (10,000 videos, as many as the standard test file) so that scores are comparable.
         size = tcfg.dataset_size or (FRESH if train else 10_000)
@@ -807,7 +807,8 @@ def sample_inputs(args, ckpt, vcfg):
                      "array (T, 4) or (n, T, 4)")
         batch['actions'] = actions.expand(args.n, *actions.shape) if actions.ndim == 2 else actions
     if gcfg.cond_dim and args.labels:  # '3,7': a video of a 3 and a 7
-        labels = [[int(c) for c in s.split(',')] if s.replace(',', '').isdigit() else None for s in args.labels]
+        labels = [[int(c) for c in s.split(',')] if all(c.isdigit() for c in s.split(',')) else None
+                  for s in args.labels]
         if None in labels or len({len(c) for c in labels}) > 1:
             sys.exit(f"--labels {' '.join(args.labels)}: give each video's classes as numbers joined by commas, as "
                      "many for every video: --labels 3 7 (one digit each) or --labels 3,7 1,2 (two each)")
@@ -817,7 +818,7 @@ def sample_inputs(args, ckpt, vcfg):
         sys.exit("this prior is vector-conditioned: pass --actions FILE.npy, or --labels for class labels")
     if not gcfg.cond_dim and (args.actions or args.labels):  # else they would be ignored without a word
         sys.exit("this prior has no vector conditioning: drop --actions and --labels")
-    return (batch.get('video'), *gpt_inputs(gcfg, batch), args.frames // d if args.frames else None)
+    return (batch.get('video'), *gpt_inputs(gcfg, batch, null=True), args.frames // d if args.frames else None)
 
 
 def check_count(n, dataset, what):
@@ -857,10 +858,11 @@ def held_out(args, ckpt, n_frames, resolution, train=False):
     return make_dataset(TrainConfig(**dict(ckpt.get('train_config', {}), **given)), n_frames, resolution, train)
 
 
-def gpt_inputs(gcfg, batch):
-    """(frames, cond) for the prior from a batch: the clip's first frames, its actions or label (gcfg: a GPTConfig)."""
+def gpt_inputs(gcfg, batch, null=False):
+    """(frames, cond) for the prior from a batch: the clip's first frames, its actions or label (gcfg: a GPTConfig);
+    null: without either, cond None (the null condition of a prior trained with cond_dropout), else an error."""
     frames = batch['video'][:, :, :gcfg.n_cond_frames] if gcfg.n_cond_frames else None
-    if gcfg.cond_dim and not gcfg.cond_dropout and not {'actions', 'label'} & set(batch):  # else the null condition
+    if gcfg.cond_dim and not (null and gcfg.cond_dropout) and not {'actions', 'label'} & set(batch):
         raise ValueError(f"the prior is vector-conditioned (cond_dim={gcfg.cond_dim}) but the items hold no 'actions' "
                          "or 'label': use BAIR, class folders, Moving MNIST with labels, or --cond-dim 0")
     return frames, (batch.get('actions', batch.get('label')) if gcfg.cond_dim else None)  # actions win over a label
@@ -962,9 +964,9 @@ def encode_dataset(vqvae, dataset, path, batch_size=32, n_frames=0):
         except Exception as e:  # a checkpoint, a text file, a folder: never written over
             raise ValueError(f"{path} is not a codes file ({type(e).__name__}); it is left as it is: pass a new "
                              "--codes-file name, e.g. codes.pt in the run's folder") from e
-        if stamp == (fingerprint, n_frames):
+        if stamp == (fingerprint, n_frames) and set(dataset[0]) - {'video'} <= set(encoded):
             return encoded
-        print(f"{path} was made by another VQ-VAE or for other frames: encoding again")
+        print(f"{path} was made by another VQ-VAE, for other frames or without the items' labels: encoding again")
     device = next(vqvae.parameters()).device
     out = {}
     for b in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
@@ -1021,9 +1023,11 @@ def init_prior(gpt, path):
     """gpt (a VideoGPT) with the weights of the prior at path, of the same sizes; an unconditional prior's norms become
     gpt's conditional ones with the condition ignored at first: a class-conditional prior fine-tuned from it."""
     ckpt, cfg = load_checkpoint(path, 'gpt'), asdict(gpt.config)
-    saved = dict(asdict(type(gpt.config)(**ckpt['config'])), cond_dim=cfg['cond_dim'], cond_dropout=cfg['cond_dropout'])
-    if saved != cfg or ckpt['config']['cond_dim'] not in (0, cfg['cond_dim']):
-        raise ValueError(f"{path} is a prior of other sizes or conditioning than {gpt.config}: pass one that fits")
+    saved = dict(asdict(type(gpt.config)(**ckpt['config'])), cond_dropout=cfg['cond_dropout'])
+    saved['cond_dim'] = saved['cond_dim'] or cfg['cond_dim']  # conditioning may be added to an unconditional prior
+    differ = ', '.join(f"{k}={v}" for k, v in saved.items() if v != cfg[k])
+    if differ:
+        raise ValueError(f"{path} is a prior with {differ}: start from one with this prior's settings (or cond_dim=0)")
     state = dict(ckpt['model'])
     for name, m in gpt.named_modules():  # CondLayerNorm: a plain norm's weight is gain's bias, its bias is bias's
         if getattr(m, 'cond_dim', 0) and f'{name}.weight' in state:
@@ -1179,11 +1183,15 @@ def check_prior_inputs(gpt, codes=None, frames=None, cond=None, batch=None):
         cond = torch.zeros(batch, cfg.cond_dim, device=weights.device)
     if cfg.cond_dim:
         if cond is None:
-            raise ValueError(f"vector-conditioned prior: pass cond ({batch}, {cfg.cond_dim}) or int labels (B,)")
+            raise ValueError(f"vector-conditioned prior: pass cond ({batch}, {cfg.cond_dim}) or int labels (B,) or "
+                             "(B, k)")
         if not cond.is_floating_point():  # class labels (B,) -> one-hot; (B, k), k per video -> counts per class
-            if cond.shape[:1] != (batch,) or cond.ndim > 2 or cond.min() < 0 or cond.max() >= cfg.cond_dim:
-                raise ValueError(f"class labels must be ({batch},) or ({batch}, k) in [0, {cfg.cond_dim}), got "
-                                 f"{tuple(cond.shape)}: {cond.flatten()[:8].tolist()}")
+            k = cond.shape[1] if cond.ndim == 2 else 1  # k = cond_dim: an int one-hot vector? ambiguous, refused
+            if cond.shape[:1] != (batch,) or cond.ndim > 2 or k >= cfg.cond_dim or cond.min() < 0 or \
+                    cond.max() >= cfg.cond_dim:
+                raise ValueError(f"class labels must be ({batch},) or ({batch}, k < {cfg.cond_dim}) in [0, "
+                                 f"{cfg.cond_dim}), got {tuple(cond.shape)}: {cond.flatten()[:8].tolist()}; pass "
+                                 "one-hot or count vectors as floats")
             cond = F.one_hot(cond.long().view(batch, -1), cfg.cond_dim).sum(1).float()
         cond = cond.reshape(cond.shape[0], -1)  # BAIR's (B, T, 4) actions are flattened to (B, 4T)
         if cond.shape != (batch, cfg.cond_dim):
@@ -1221,11 +1229,13 @@ def check_knobs(cfg=None, temperature=1.0, top_k=None, top_p=None, steps=None, g
          "and the null condition learned: train the prior with cond_dropout=0.1")
 
 
-def check_sampling_inputs(gpt, n, frames, cond, given, given_mask):
+def check_sampling_inputs(gpt, n, frames, cond, given, given_mask, guidance=1.0):
     """check_prior_inputs' frames and cond for n >= 1 samples, then given (n, L) int64 and given_mask (n, L) bool, or
     Nones (the sampling options: check_knobs)."""
     cfg, shape = gpt.config, gpt.config.latent_shape
     need(isinstance(n, int) and n >= 1, f"n={n!r}: sample at least one video (an int n >= 1)")
+    need(guidance == 1.0 or cond is not None, f"guidance={guidance} leans towards a condition: pass cond (labels or "
+         "actions; the sample command's --labels or --actions)")
     frames, cond = check_prior_inputs(gpt, None, frames, cond, batch=n)
     if given is None and given_mask is None:
         return frames, cond, None, None

@@ -428,7 +428,8 @@ def test_class_labels_and_action_sequences_as_cond():
     by_pairs, _ = g(codes, cond=torch.tensor([[1, 3], [2, 2]]))
     torch.testing.assert_close(by_pairs, g(codes, cond=torch.tensor([[0, 1, 0, 1], [0, 0, 2, 0.]]))[0])
     assert (by_pairs - g(codes, cond=torch.tensor([1, 2]))[0]).abs().max() > 1e-3
-    _raises(ValueError, r'\(2,\) or \(2, k\) in \[0, 4\)', lambda: g(codes, cond=torch.tensor([[1, 4], [0, 0]])))
+    _raises(ValueError, r'\(2,\) or \(2, k < 4\) in \[0, 4\)', lambda: g(codes, cond=torch.tensor([[1, 4], [0, 0]])))
+    _raises(ValueError, 'as floats', lambda: g(codes, cond=F.one_hot(torch.tensor([1, 3]), 4)))  # int one-hot
     # Trained with the null condition (cond_dropout), a prior without cond samples from it: p(x)
     g = _conditional_gpt(cond_dropout=0.1)
     torch.testing.assert_close(g(codes)[0], g(codes, cond=torch.zeros(2, 4))[0])
@@ -459,6 +460,7 @@ def test_classifier_free_guidance_mixes_conditional_and_null_logits():
     assert torch.equal(draw(cond=labels, guidance=1.0), draw(cond=labels))
     assert torch.equal(draw(cond=labels, guidance=0.0), draw(cond=torch.zeros(2, 4)))
     _raises(ValueError, 'cond_dropout', lambda: _conditional_gpt().sample(2, cond=labels, guidance=2.0))
+    _raises(ValueError, 'pass cond', lambda: g.sample(2, guidance=3.0))  # no condition to lean towards
     _raises(ValueError, 'cond_dim > 0', lambda: tiny_gpt(cond_dropout=0.1))
 
 
@@ -607,13 +609,23 @@ def test_a_class_conditional_prior_starts_from_an_unconditional_one_as_it_was(tm
     codes = torch.randint(0, gcfg.n_codes, (2, *gcfg.latent_shape))
     for cond in (torch.tensor([0, 2]), torch.tensor([[1, 1], [0, 2]]), None):
         torch.testing.assert_close(g(codes, cond=cond)[0], base.eval()(codes)[0], atol=1e-4, rtol=1e-4)
-    tuned = vg.train_gpt(cond_cfg, _tcfg(tmp_path / 'c', steps=3, lr=1e-2, vqvae=str(tmp_path / 'vq' / 'ckpt.pt'),
+    tuned = vg.train_gpt(cond_cfg, _tcfg(tmp_path / 'c', steps=3, lr=1e-3, vqvae=str(tmp_path / 'vq' / 'ckpt.pt'),
                                          init_from=str(tmp_path / 'u' / 'ckpt.pt')), _Clips(with_label=True)).eval()
-    assert (tuned(codes, cond=torch.tensor([0, 2]))[0] - tuned(codes, cond=torch.tensor([1, 1]))[0]).abs().max() > 1e-3
-    assert (tuned.blocks[0].attn.qkv.weight - base.blocks[0].attn.qkv.weight).abs().max() < 0.1  # tuned, not fresh
-    for other in (dataclasses.replace(cond_cfg, n_embd=32), dataclasses.replace(gcfg, cond_dim=4)):
-        _raises(ValueError, 'other sizes or conditioning',
-                lambda: vg.init_prior(vg.VideoGPT(other), tmp_path / 'c' / 'ckpt.pt'))
+    told = lambda c: tuned(codes, cond=torch.tensor(c))[0]  # noqa: E731
+    assert (told([0, 2]) - told([1, 1])).abs().max() > 1e-4  # the classes now matter (at the start: < 1e-6)
+    torch.manual_seed(1)  # the seed train_gpt starts from: tuned from base, not from these fresh weights
+    fresh, qkv = vg.VideoGPT(cond_cfg), lambda m: m.blocks[0].attn.qkv.weight.detach()
+    assert (qkv(tuned) - qkv(base)).abs().mean() < 0.25 * (qkv(fresh) - qkv(base)).abs().mean()
+    for other, differ in ((dataclasses.replace(cond_cfg, n_embd=32), 'n_embd=16'),
+                          (dataclasses.replace(gcfg, cond_dim=4), 'cond_dim=3')):
+        _raises(ValueError, f'a prior with {differ}', lambda: vg.init_prior(vg.VideoGPT(other), tmp_path / 'c' /
+                                                                             'ckpt.pt'))
+    # Items without labels: an error, not a prior trained on the null condition alone; a codes file made without
+    # the labels is encoded again
+    unlabelled = _tcfg(tmp_path / 'n', steps=1, vqvae=str(tmp_path / 'vq' / 'ckpt.pt'),
+                       codes_file=str(tmp_path / 'c.pt'))
+    _raises(ValueError, "hold no 'actions' or 'label'", lambda: vg.train_gpt(cond_cfg, unlabelled, _Clips()))
+    assert 'label' in data.encode_dataset(vq, _Clips(with_label=True), tmp_path / 'c.pt')
 
 
 def test_schedule_masks_exactly_ceil_n_cos_among_the_unknown_tokens():
@@ -1787,7 +1799,8 @@ def _cli_table(f):
            ('--tasks', ['fp'], 2, 'need a masked prior'), ('--vqvae', [nowhere], 1, 'no checkpoint at'),
            ('--vqvae', [f['nc']], 1, "holds a 'gpt' model where a 'vqvae'"),
            ('--codes-file', [dud], 1, 'cannot write in'), ('--codes-file', [f['vq']], 1, 'is not a codes file'),
-           ('--init-from', [nowhere], 1, 'no checkpoint at'), ('--init-from', [f['vq']], 1, "'vqvae' model where a 'gpt'")]
+           ('--init-from', [nowhere], 1, 'no checkpoint at'),
+           ('--init-from', [f['vq']], 1, "'vqvae' model where a 'gpt'")]
     fp, mk, ar = ['--gpt', f['mk'], '--task', 'fp'], ['--gpt', f['mk']], ['--gpt', f['ar']]
     sample = [('--gpt', [nowhere], 1, 'no checkpoint at'), ('--gpt', [f['vq']], 1, "holds a 'vqvae' model"),
               ('--vqvae', [nowhere], 1, 'no checkpoint at'), ('--vqvae', [f['nc']], 1, "holds a 'gpt' model"),
@@ -1806,7 +1819,8 @@ def _cli_table(f):
               ('--frames', [2_000_000], 1, r'from 4 to \d+ \(4 GiB'), ('--guidance', [2], 2, 'cond_dropout=0.1'),
               ('--guidance', ['nan'], 2, 'needs a finite value'), ('--labels', ['x', *ar], 1, 'joined by commas'),
               ('--labels', [1, '1,2', *ar], 1, 'as many for every video'),
-              ('--labels', [7, *ar], 1, r'class labels must be \(8,\) or \(8, k\) in \[0, 3\)'),
+              ('--labels', [7, *ar], 1, r'class labels must be \(8,\) or \(8, k < 3\) in \[0, 3\)'),
+              ('--labels', ['3,', *ar], 1, 'joined by commas'),
               ('--labels', [1], 1, 'no vector conditioning: drop --actions and --labels'),
               ('--frames-from', ['val'], 1, 'drop --frames-from: this prior takes no frames'),
               ('--actions', [f['objects.npy'], *ar], 1, 'not a .npy of numbers'),
@@ -2277,8 +2291,10 @@ def test_data_moving_mnist_labels_name_the_digit_shown():
         data.MovingMNIST(digits, n_frames=4, n_digits=2, labels=labels[:3])
     with pytest.raises(ValueError, match='Moving MNIST with labels'):  # a class-conditional prior, unlabelled videos
         vg.gpt_inputs(vg.GPTConfig(cond_dim=10), {'video': torch.zeros(2, 1, 4, 64, 64)})
-    assert vg.gpt_inputs(vg.GPTConfig(cond_dim=10, cond_dropout=0.1), {'video': torch.zeros(2, 1, 4, 64, 64)}) == (
-        None, None)  # trained with the null condition: it is the condition of unlabelled videos
+    null, unlabelled = vg.GPTConfig(cond_dim=10, cond_dropout=0.1), {'video': torch.zeros(2, 1, 4, 64, 64)}
+    assert vg.gpt_inputs(null, unlabelled, null=True) == (None, None)  # sampling: the null condition it trained with
+    with pytest.raises(ValueError, match='Moving MNIST with labels'):  # training: never the null condition alone
+        vg.gpt_inputs(null, unlabelled)
 
 
 def test_data_moving_mnist_bounces_and_stays_in_bounds():

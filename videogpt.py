@@ -557,7 +557,7 @@ class VideoGPT(nn.Module):
                                     steps=steps, **knobs)
         if not self.config.causal:
             return self.sample_masked(n, frames, cond, steps, **knobs)
-        frames, cond, given, given_mask = check_sampling_inputs(self, n, frames, cond, given, given_mask)
+        frames, cond, given, given_mask = check_sampling_inputs(self, n, frames, cond, given, given_mask, guidance)
         cfg, L, guided, was_training = self.config, self.config.block_size, guidance != 1.0, self.training
         if guided:  # one batch of 2n: the n videos under their condition, then under the null condition
             cond = torch.cat([cond, torch.zeros_like(cond)])

@@ -45,6 +45,18 @@ def reconstruct(vqvae, video, batch_size):
                       for w in windows], dim=2)
 
 
+def sample_rows(vqvae, gpt, reader, classes, args, g):
+    """{'samples': (legible, nan)} of args.samples samples without a condition, and for a two-digit class-conditional
+    prior {'samples asked for 2 digits': (legible, kept)}, asked for the pairs of classes (n, 2) in turn."""
+    asked, rows = classes.repeat(args.samples // len(classes) + 1, 1)[:args.samples], {}
+    for name, cond in [('samples', None)] + [('samples asked for 2 digits', asked)] * (gpt.config.cond_dim == 10):
+        codes = gpt.sample(args.samples, cond=cond, generator=g, guidance=1.0 if cond is None else args.guidance)
+        sampled = torch.cat([vqvae.decode(c).clamp(-0.5, 0.5) for c in codes.split(args.batch_size)])
+        legible, kept = reading(reader, sampled, asked)
+        rows[name] = (legible, float('nan') if cond is None else kept)
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--vqvae', required=True)
@@ -54,14 +66,13 @@ def main():
     p.add_argument('--context', type=int, default=10)
     p.add_argument('--future', type=int, default=10)
     p.add_argument('--best-of', type=int, default=8, help="samples per clip for the best-of MSE (1: skip)")
-    p.add_argument('--samples', type=int, default=32, help="unconditional samples scored for legibility (0: skip)")
+    p.add_argument('--samples', type=int, default=32, help="samples scored, untold and asked for pairs (0: skip)")
     p.add_argument('--guidance', type=float, default=1.0, help="classifier-free guidance where a condition is given")
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--json', default='', help="also write the scores here")
     args = p.parse_args()
-    t0, reader = time.time(), data.load_digit_reader()
-    vqvae = vg.load_model(args.vqvae, 'vqvae')
+    t0, reader, vqvae = time.time(), data.load_digit_reader(), vg.load_model(args.vqvae, 'vqvae')
     videos, classes = held_out_videos(args.mnist_dir, args.n, args.context + args.future)
     rows = {'real frames': reading(reader, videos, classes),
             'reconstructions': reading(reader, reconstruct(vqvae, videos, args.batch_size), classes)}
@@ -70,14 +81,13 @@ def main():
         gpt = vg.load_model(args.gpt, 'gpt')
         context, future = videos[:, :, :args.context], videos[:, :, args.context:]
         g = torch.Generator().manual_seed(args.seed)
-        told = gpt.config.cond_dim == 10  # two-digit class-conditional: also told the context's digits
 
         def predict(cond=False, **kw):  # cond: told the digits, else without a condition (the null one)
             return torch.cat([vg.predict_frames(vqvae, gpt, c, args.future, y if cond else None, g, **kw)
                               for c, y in zip(context.split(args.batch_size), classes.split(args.batch_size))])
         knobs = dict(top_k=1) if gpt.config.causal else dict(temperature=0.0)
         preds = {'prediction, temperature 1': predict(), 'prediction, greedy': predict(**knobs)}
-        if told:
+        if gpt.config.cond_dim == 10:  # two-digit class-conditional: also told the context's digits
             preds.update({'told the digits, temp. 1': predict(True, guidance=args.guidance),
                           'told the digits, greedy': predict(True, guidance=args.guidance, **knobs)})
         preds.update({'black frames': torch.full_like(future, -0.5),
@@ -90,13 +100,8 @@ def main():
             mse = torch.stack([vg.prediction_scores(predict(), future)['mse'] for _ in range(args.best_of - 1)] +
                               [vg.prediction_scores(preds['prediction, temperature 1'], future)['mse']])
             scores[f'best of {args.best_of}, temperature 1'] = dict(mse=mse.min(0).values.mean().item())
-        asked = classes.repeat(args.samples // len(classes) + 1, 1)[:args.samples]  # the held-out clips' pairs
-        arms = [('samples', None)] + [('samples asked for 2 digits', asked)] * told
-        for name, cond in arms if args.samples and gpt.config.causal and not gpt.config.n_cond_frames else []:
-            codes = gpt.sample(args.samples, cond=cond, generator=g, guidance=1.0 if cond is None else args.guidance)
-            sampled = torch.cat([vqvae.decode(c).clamp(-0.5, 0.5) for c in codes.split(args.batch_size)])
-            legible, kept = reading(reader, sampled, asked)
-            rows[name] = (legible, float('nan') if cond is None else kept)
+        if args.samples and gpt.config.causal and not gpt.config.n_cond_frames:
+            rows.update(sample_rows(vqvae, gpt, reader, classes, args, g))
     print(f"{'':<28} {'legible':>8} {'kept':>8} {'MSE/frame':>10} {'SSIM':>7}")
     for name, (legible, kept) in rows.items():
         s = scores.get(name, {})

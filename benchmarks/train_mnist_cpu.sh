@@ -28,5 +28,5 @@ python benchmarks/mnist_scores.py --vqvae weights/moving-mnist/vqvae.pt --gpt we
     --mnist-dir $MNIST --n 128 --guidance 3 --json assets/moving_mnist_scores.json
 python videogpt.py eval --vqvae weights/moving-mnist/vqvae.pt --gpt weights/moving-mnist/gpt.pt --mnist-dir $MNIST \
     --n 128 --batch-size 32 --top-k 1 --json assets/moving_mnist_eval.json
-python videogpt.py sample --gpt weights/moving-mnist/gpt.pt --n 8 --labels 0,1 2,3 4,5 6,7 8,9 3,7 1,4 5,9 --guidance 3 \
-    --out assets/moving_mnist_samples.gif
+python videogpt.py sample --gpt weights/moving-mnist/gpt.pt --n 8 --guidance 3 \
+    --labels 0,1 2,3 4,5 6,7 8,9 3,7 1,4 5,9 --out assets/moving_mnist_samples.gif
