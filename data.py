@@ -1294,9 +1294,10 @@ def check_eval_args(p, args, load_model):
         check_fields(args, 0, MAX_VALUES // (pixels * args.n) - args.context + 1, 'future')
         need(gc or not (args.test_seq or args.top_k or args.steps), "--test-seq, --top-k, --steps: add --gpt")
         need(not args.i3d or args.n >= 2, "--i3d: FVD compares two sets of --n 2 or more videos (hundreds for a score)")
-        need(not args.test_seq or args.future and not gc.cond_dim and (vc.in_channels, vc.resolution) == (1, 64),
-             "--test-seq holds Moving MNIST's 64x64 grey videos without labels: give --future >= 1, a VQ-VAE of 1 "
-             "channel at 64x64 and a prior with cond_dim=0")
+        need(not args.test_seq or args.future and (not gc.cond_dim or gc.cond_dropout) and
+             (vc.in_channels, vc.resolution) == (1, 64), "--test-seq holds Moving MNIST's 64x64 grey videos without "
+             "labels: give --future >= 1, a VQ-VAE of 1 channel at 64x64 and a prior with cond_dim=0 (or one trained "
+             "with cond_dropout, which predicts without a condition)")
         check_knobs(gc, args.temperature, args.top_k, steps=args.steps)
         need(gc or not (args.seed or args.temperature != 1 or (args.context, args.future) != (10, 10)),
              "--seed, --temperature, --context, --future set frame prediction, which needs a prior: add --gpt")

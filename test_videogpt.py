@@ -1510,6 +1510,14 @@ def test_eval_command_scores_reconstruction_prediction_and_fvd(tmp_path, mnist_d
     assert on_file['4->6 mse'] == pytest.approx(vg.prediction_scores(pred, x[:, :, 4:])['mse'].mean().item(), rel=1e-4)
     vq_only = run()  # no prior: reconstruction scores only
     assert 'bits_per_token' not in vq_only and '10->10 mse' not in vq_only and vq_only['videos'] == 3
+    # The demo's class-conditional prior, trained with the null condition, predicts the unlabelled file without one
+    vg.main(['train-gpt', *map(str, common), '--out-dir', str(tmp_path / 'cond'), '--n-layer', '1',
+             '--vqvae', str(tmp_path / 'vq' / 'ckpt.pt')])
+    untold = run('--gpt', tmp_path / 'cond' / 'ckpt.pt', '--context', 4, '--future', 6, '--test-seq',
+                 tmp_path / 'seq.npy', '--top-k', 1)
+    pred = vg.predict_frames(vg.load_model(tmp_path / 'vq' / 'ckpt.pt'), vg.load_model(tmp_path / 'cond' / 'ckpt.pt'),
+                             x[:, :, :4], 6, top_k=1)
+    assert untold['4->6 mse'] == pytest.approx(vg.prediction_scores(pred, x[:, :, 4:])['mse'].mean().item(), rel=1e-4)
 
 
 def test_sample_labels_give_each_video_its_classes_one_or_two():
