@@ -807,12 +807,11 @@ def sample_inputs(args, ckpt, vcfg):
                      "array (T, 4) or (n, T, 4)")
         batch['actions'] = actions.expand(args.n, *actions.shape) if actions.ndim == 2 else actions
     if gcfg.cond_dim and args.labels:  # '3,7': a video of a 3 and a 7
-        labels = [[int(c) for c in s.split(',')] if all(c.isdigit() for c in s.split(',')) else None
-                  for s in args.labels]
-        if None in labels or len({len(c) for c in labels}) > 1:
+        labels = [s.split(',') for s in args.labels]
+        if not all(c.isdigit() for video in labels for c in video) or len({len(video) for video in labels}) > 1:
             sys.exit(f"--labels {' '.join(args.labels)}: give each video's classes as numbers joined by commas, as "
                      "many for every video: --labels 3 7 (one digit each) or --labels 3,7 1,2 (two each)")
-        labels = torch.tensor(labels).repeat(args.n, 1)[:args.n]  # (n, classes per video), cycled
+        labels = torch.tensor([list(map(int, video)) for video in labels]).repeat(args.n, 1)[:args.n]  # (n, k), cycled
         batch['label'] = labels[:, 0] if labels.shape[1] == 1 else labels
     if gcfg.cond_dim and not gcfg.cond_dropout and not {'actions', 'label'} & set(batch):
         sys.exit("this prior is vector-conditioned: pass --actions FILE.npy, or --labels for class labels")
@@ -1179,9 +1178,9 @@ def check_prior_inputs(gpt, codes=None, frames=None, cond=None, batch=None):
         frames = frames.to(weights)
     elif frames is not None:
         raise ValueError("frames were given but n_cond_frames=0: build the prior with GPTConfig(n_cond_frames > 0)")
-    if cfg.cond_dim and cond is None and cfg.cond_dropout:  # trained with the null condition: p(x) without cond
-        cond = torch.zeros(batch, cfg.cond_dim, device=weights.device)
     if cfg.cond_dim:
+        if cond is None and cfg.cond_dropout:  # trained with the null condition: p(x) without cond
+            cond = torch.zeros(batch, cfg.cond_dim, device=weights.device)
         if cond is None:
             raise ValueError(f"vector-conditioned prior: pass cond ({batch}, {cfg.cond_dim}) or int labels (B,) or "
                              "(B, k)")

@@ -1190,7 +1190,7 @@ def eval_command(p, args):
     t0, (vqvae, gpt, held, ds, i3d), device = time.time(), data.check_eval_args(p, args, load_model), setup_device()[0]
     vqvae, gpt, n, grid = vqvae.to(device), gpt and gpt.to(device), args.n, None
     batch = torch.utils.data.default_collate([held[i] for i in tqdm(range(n), desc='videos', disable=None)])
-    real, fake, cond = batch['video'], None, gpt_inputs(gpt.config, batch, null=True)[1] if gpt else None  # fake: FVD
+    real, fake, cond = batch['video'], None, gpt_inputs(gpt.config, batch, null=True)[1] if gpt else None  # fake: FVD's
     scores = dict(videos=n, **evaluate(vqvae, gpt, real, cond, args.batch_size))
     classes, reader = data.two_digit_classes(held, n), data.load_digit_reader()  # two-digit Moving MNIST: read it
     if classes is not None or (i3d and ds is None):  # the reconstructions, for the reader or for FVD

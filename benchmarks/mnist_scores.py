@@ -48,8 +48,11 @@ def reconstruct(vqvae, video, batch_size):
 def sample_rows(vqvae, gpt, reader, classes, args, g):
     """{'samples': (legible, nan)} of args.samples samples without a condition, and for a two-digit class-conditional
     prior {'samples asked for 2 digits': (legible, kept)}, asked for the pairs of classes (n, 2) in turn."""
-    asked, rows = classes.repeat(args.samples // len(classes) + 1, 1)[:args.samples], {}
-    for name, cond in [('samples', None)] + [('samples asked for 2 digits', asked)] * (gpt.config.cond_dim == 10):
+    asked, rows = classes.repeat(args.samples // len(classes) + 1, 1)[:args.samples], {}  # (samples, 2), cycled
+    arms = {'samples': None}
+    if gpt.config.cond_dim == 10:  # two-digit class-conditional: also asked for the held-out clips' pairs
+        arms['samples asked for 2 digits'] = asked
+    for name, cond in arms.items():
         codes = gpt.sample(args.samples, cond=cond, generator=g, guidance=1.0 if cond is None else args.guidance)
         sampled = torch.cat([vqvae.decode(c).clamp(-0.5, 0.5) for c in codes.split(args.batch_size)])
         legible, kept = reading(reader, sampled, asked)
@@ -82,8 +85,8 @@ def main():
         context, future = videos[:, :, :args.context], videos[:, :, args.context:]
         g = torch.Generator().manual_seed(args.seed)
 
-        def predict(cond=False, **kw):  # cond: told the digits, else without a condition (the null one)
-            return torch.cat([vg.predict_frames(vqvae, gpt, c, args.future, y if cond else None, g, **kw)
+        def predict(told=False, **kw):  # told the context's digits, else without a condition (the null one)
+            return torch.cat([vg.predict_frames(vqvae, gpt, c, args.future, y if told else None, g, **kw)
                               for c, y in zip(context.split(args.batch_size), classes.split(args.batch_size))])
         knobs = dict(top_k=1) if gpt.config.causal else dict(temperature=0.0)
         preds = {'prediction, temperature 1': predict(), 'prediction, greedy': predict(**knobs)}
