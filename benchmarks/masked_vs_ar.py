@@ -7,8 +7,9 @@ speed: untrained priors (the weights do not change the work), batch 4 by default
 wall time per batch (median of --reps), forward passes, generated tokens per second, and masked / AR speed-up.
 quality: two priors over the same VQ-VAE's codes, e.g. the demo's AR prior and a masked prior trained with the same
 settings and --tasks. On held-out one-digit Moving MNIST clips, each predicts the second half of the latent frames
-from the first (the 'fp' task: AR continues the raster-order prefix, masked fills the rest in 12 steps), scored by
-PSNR and SSIM of the predicted pixel frames against the real ones; AR also reports held-out bits per token.
+from the first (the 'fp' task: AR continues the raster-order prefix, masked fills the rest in 12 steps), sampled at
+--temperature and greedy, scored by PSNR and SSIM of the predicted pixel frames against the real ones and by the
+share of predicted frames in which the digit reader names the clip's digit; AR also reports held-out bits per token.
 """
 import argparse
 import json
@@ -77,19 +78,23 @@ def quality(args):
     rows['VQ-VAE reconstruction (ceiling)'] = recon[:, :, future]
     rows['repeat the last given frame'] = copy_last
     for name, prior in (('AR, KV cache', ar), ('masked, 12 steps', masked)):
-        outs, t0 = [], time.perf_counter()
-        for i, (v, c) in enumerate(zip(video.split(args.batch), label.split(args.batch))):
-            gen = torch.Generator().manual_seed(i)
-            out, _ = vg.complete_video(vqvae, prior, v, 'fp', n_given, cond=cond(prior, c), generator=gen,
-                                       temperature=args.temperature)
-            outs.append(out)
-        rows[f'{name} ({time.perf_counter() - t0:.1f} s)'] = torch.cat(outs)[:, :, future]
-    truth = video[:, :, future]
+        greedy = dict(top_k=1) if prior.config.causal else dict(temperature=0.0)
+        for how, knobs in ((f'temperature {args.temperature:g}', dict(temperature=args.temperature)),
+                           ('greedy', greedy)):
+            outs, t0 = [], time.perf_counter()
+            for i, (v, c) in enumerate(zip(video.split(args.batch), label.split(args.batch))):
+                gen = torch.Generator().manual_seed(i)
+                outs.append(vg.complete_video(vqvae, prior, v, 'fp', n_given, cond=cond(prior, c), generator=gen,
+                                              **knobs)[0])
+            rows[f'{name}, {how} ({time.perf_counter() - t0:.1f} s)'] = torch.cat(outs)[:, :, future]
+    truth, reader, digit = video[:, :, future], data.load_digit_reader(), label[:, None].expand(-1, 2)  # one digit
     print(f"{args.n} held-out clips ({source}); given {T_given} of {vcfg.sequence_length} frames "
           f"({n_given} of {t} latent frames), predicted {vcfg.sequence_length - T_given}")
-    print("\n| predicted frames | PSNR (dB) | SSIM |\n|---|---|---|")
+    print("\n| predicted frames | PSNR (dB) | SSIM | digit named |\n|---|---|---|---|")
+    print(f"| real frames (the reader's ceiling) | | | {data.digit_reading(reader, truth, digit)['kept']:.3f} |")
     for name, pred in rows.items():
-        print(f"| {name} | {vg.psnr(pred, truth).mean():.2f} | {vg.ssim(pred, truth).mean():.3f} |")
+        print(f"| {name} | {vg.psnr(pred, truth).mean():.2f} | {vg.ssim(pred, truth).mean():.3f} | "
+              f"{data.digit_reading(reader, pred, digit)['kept']:.3f} |")
     codes = vqvae.encode(video)
     bits = ar(codes, cond=cond(ar, label))[1].item() / math.log(2)
     print(f"\nAR prior: {bits:.3f} held-out bits per token (uniform: {math.log2(vcfg.n_codes):.2f})")
