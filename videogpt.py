@@ -937,7 +937,7 @@ def setup_device():
         # bf16 keeps fp32's exponent range and needs no loss scaling; older GPUs get fp16 with a GradScaler.
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         return device, rank, world, dtype, dtype == torch.float16
-    torch.set_flush_denormal(True)  # as 0: denormals (tiny attention weights) made a masked prior's steps 2.5x slower
+    torch.set_flush_denormal(True)  # tiny attention weights (denormals) as 0: they slowed masked priors' steps 2.5x
     return torch.device('cpu'), rank, world, None, False  # fp32 on CPU: CPU autocast is slower, not faster
 
 

@@ -42,7 +42,7 @@ def speed(args):
         L, n = math.prod(shape), args.batch
         torch.manual_seed(0)
         common = dict(n_codes=512, latent_shape=shape, n_layer=4, n_head=4, n_embd=192, dropout=0.0)
-        ar, masked = vg.VideoGPT(vg.GPTConfig(**common)).eval(), vg.VideoGPT(vg.GPTConfig(causal=False, **common)).eval()
+        ar, masked = (vg.VideoGPT(vg.GPTConfig(causal=c, **common)).eval() for c in (True, False))
         gen = torch.Generator().manual_seed(0)
         t_ar = timed(lambda: ar.sample(n, generator=gen), args.reps)
         t_m = timed(lambda: masked.sample(n, generator=gen, steps=args.steps), args.reps)
@@ -87,7 +87,8 @@ def quality(args):
                 outs.append(vg.complete_video(vqvae, prior, v, 'fp', n_given, cond=cond(prior, c), generator=gen,
                                               **knobs)[0])
             rows[f'{name}, {how} ({time.perf_counter() - t0:.1f} s)'] = torch.cat(outs)[:, :, future]
-    truth, reader, digit = video[:, :, future], data.load_digit_reader(), label[:, None].expand(-1, 2)  # one digit
+    # One digit per clip: the reader scores pairs, so its class goes in as both of the pair's digits
+    truth, reader, digit = video[:, :, future], data.load_digit_reader(), label[:, None].expand(-1, 2)
     print(f"{args.n} held-out clips ({source}); given {T_given} of {vcfg.sequence_length} frames "
           f"({n_given} of {t} latent frames), predicted {vcfg.sequence_length - T_given}")
     print("\n| predicted frames | PSNR (dB) | SSIM | digit named |\n|---|---|---|---|")
