@@ -1350,6 +1350,7 @@ def check_demo_args(p, args):
     """`demo`'s flags (a usage error) and files, before any training."""
     try:
         check_fields(args, 1, math.inf, 'vqvae_steps', 'gpt_steps')
+        need(args.vqvae_lr > 0, f"vqvae_lr={args.vqvae_lr}: it must be > 0 (--vqvae-lr)")
     except ValueError as e:
         p.error(str(e))
     check_paths(args, folders=('mnist_dir',))

@@ -1876,7 +1876,8 @@ def _cli_table(f):
              ('--dataset', ['bair'], 1, 'no bair_done.json'), ('--data-dir', [nowhere], 1, 'no such folder'),
              ('--mnist-dir', [nowhere], 1, 'no such folder')]
     demo = [('--out-dir', [dud], 1, 'cannot write in'), ('--mnist-dir', [nowhere], 1, 'no such folder'),
-            ('--vqvae-steps', [0], 2, 'vqvae_steps=0'), ('--gpt-steps', [0], 2, 'gpt_steps=0')]
+            ('--vqvae-steps', [0], 2, 'vqvae_steps=0'), ('--gpt-steps', [0], 2, 'gpt_steps=0'),
+            ('--vqvae-lr', [0], 2, 'vqvae_lr=0')]
     return ([('train-vqvae', *row) for row in train + vqvae] + [('train-gpt', *row) for row in train + gpt] +
             [('sample', *row) for row in sample] + [('eval', *row) for row in eval_] + [('demo', *row) for row in demo])
 
