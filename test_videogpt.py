@@ -1763,6 +1763,19 @@ def at_work(monkeypatch, tmp_path):
     monkeypatch.setattr(data, 'CACHE_DIR', tmp_path)  # the folder datasets' decoded videos
 
 
+def test_demo_trains_its_vqvae_600_steps_at_2e3_unless_its_flags_say_otherwise(monkeypatch, tmp_path):
+    seen = []
+
+    def first_stage(vcfg, tcfg, *args, **kwargs):  # the demo's VQ-VAE training: record its schedule, go no further
+        seen.append((tcfg.steps, tcfg.lr))
+        raise _Reached('the work started')
+    monkeypatch.setattr(vg, 'train_vqvae', first_stage)
+    for flags in ([], ['--vqvae-steps', 7, '--vqvae-lr', 3e-3]):
+        with pytest.raises(_Reached):
+            vg.main(['demo', '--out-dir', str(tmp_path / 'demo'), '--mnist-dir', str(tmp_path), *map(str, flags)])
+    assert seen == [(600, 2e-3), (7, 3e-3)]
+
+
 def _cli_bases(f):
     out, tiny = f['out'], ['--in-channels', 3, '--sequence-length', 4, '--resolution', 8, '--downsample', 2, 2, 2,
                            '--n-hiddens', 16, '--n-res-layers', 1, '--embedding-dim', 8, '--n-codes', 32]
@@ -1877,7 +1890,7 @@ def _cli_table(f):
              ('--mnist-dir', [nowhere], 1, 'no such folder')]
     demo = [('--out-dir', [dud], 1, 'cannot write in'), ('--mnist-dir', [nowhere], 1, 'no such folder'),
             ('--vqvae-steps', [0], 2, 'vqvae_steps=0'), ('--gpt-steps', [0], 2, 'gpt_steps=0'),
-            ('--vqvae-lr', [0], 2, 'vqvae_lr=0')]
+            ('--vqvae-lr', [0], 2, 'vqvae_lr=0'), ('--vqvae-lr', ['nan'], 2, 'vqvae_lr=nan')]
     return ([('train-vqvae', *row) for row in train + vqvae] + [('train-gpt', *row) for row in train + gpt] +
             [('sample', *row) for row in sample] + [('eval', *row) for row in eval_] + [('demo', *row) for row in demo])
 
