@@ -35,7 +35,7 @@ import tempfile
 import time
 import urllib.request
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -1024,6 +1024,8 @@ def init_prior(gpt, path):
     ckpt, cfg = load_checkpoint(path, 'gpt'), asdict(gpt.config)
     saved = dict(asdict(type(gpt.config)(**ckpt['config'])), cond_dropout=cfg['cond_dropout'])
     saved['cond_dim'] = saved['cond_dim'] or cfg['cond_dim']  # conditioning may be added to an unconditional prior
+    if not (saved['codebook'] and cfg['codebook']):  # a codebook unknown on either side: train_gpt checks it
+        saved['codebook'] = cfg['codebook']
     differ = ', '.join(f"{k}={v}" for k, v in saved.items() if v != cfg[k])
     if differ:
         raise ValueError(f"{path} is a prior with {differ}: start from one with this prior's settings (or cond_dim=0)")
@@ -1087,12 +1089,33 @@ def check_vqvae_config(cfg):
          f"latent axis needs 2 or more, got {cfg.latent_shape}; use padding='zeros' or downsample less")
 
 
-def check_prior_fits(gcfg, fitted):
-    """Raise unless the prior's codes, and its frames if any, are the VQ-VAE's: fitted = fit_prior(gcfg, vcfg)."""
+def check_prior_fits(gcfg, fitted, vqvae):
+    """gcfg stamped with the codebook_digest of vqvae, whose codes it will learn; raise unless the prior's codes, and
+    its frames if any, are the VQ-VAE's: fitted = fit_prior(gcfg, vqvae.config)."""
     keys = ('n_codes', 'latent_shape') + ('frame_channels', 'frame_size') * bool(gcfg.n_cond_frames)
     expects, makes = (', '.join(f'{k}={getattr(c, k)}' for k in keys) for c in (gcfg, fitted))
     if expects != makes:
         raise ValueError(f"the prior expects {expects} but the VQ-VAE makes {makes}: use fit_prior(gcfg, vcfg)")
+    return replace(gcfg, codebook=codebook_digest(vqvae.codebook.embeddings))
+
+
+def codebook_digest(embeddings):
+    """16 hex digits of sha256 over a VQ-VAE's codebook (K, E) rounded to fp16, so that its exported fp16 weights keep
+    them: a prior records the codebook it learned (GPTConfig.codebook), and is refused beside another one."""
+    return hashlib.sha256(embeddings.detach().cpu().half().numpy().tobytes()).hexdigest()[:16]
+
+
+def check_codebook(gc, embeddings):
+    """Raise unless a prior (GPTConfig gc) learned the codes of this codebook; priors saved without a digest pass."""
+    have = codebook_digest(embeddings)
+    need(gc.codebook in ('', have), f"the prior learned the codes of another VQ-VAE (codebook {gc.codebook}, this one "
+                                    f"{have}): its samples would decode to noise. Pass the VQ-VAE it was trained with")
+
+
+def check_pair(vqvae, gpt):
+    """vqvae.config, after checking that gpt learned vqvae's codes (check_codebook)."""
+    check_codebook(gpt.config, vqvae.codebook.embeddings)
+    return vqvae.config
 
 
 def check_gpt_config(cfg, task_mask):
@@ -1204,9 +1227,12 @@ def check_prior_inputs(gpt, codes=None, frames=None, cond=None, batch=None):
     return frames, cond
 
 
-def check_scored_videos(video, cond, batch_size):
-    """Raise unless evaluate() can score video (N, C, T, H, W) in [-0.5, 0.5] in batches, cond None or one per video."""
+def check_scored_videos(video, cond, batch_size, vqvae, gpt=None):
+    """Raise unless evaluate() can score video (N, C, T, H, W) in [-0.5, 0.5] in batches, cond None or one per video,
+    and gpt, if any, learned vqvae's codes."""
     check_pixels(video)
+    if gpt is not None:
+        check_pair(vqvae, gpt)
     need(batch_size >= 1 and (cond is None or len(cond) == len(video)), f"batch_size={batch_size}, {len(video)} videos"
          f" and {'no' if cond is None else len(cond)} cond: batch_size >= 1 and one cond (label, actions) per video")
 
@@ -1283,6 +1309,8 @@ def check_eval_args(p, args, load_model):
     predict or None, I3D network or None); load_model: videogpt's."""
     check_paths(args, files=('i3d',), folders=('data_dir', 'mnist_dir'))
     vqvae, gpt = load_model(args.vqvae, 'vqvae'), load_model(args.gpt, 'gpt') if args.gpt else None
+    if gpt is not None:  # a file mismatch (exit 1), before any work
+        check_pair(vqvae, gpt)
     vc, gc, pixels = vqvae.config, gpt and gpt.config, vqvae.config.in_channels * vqvae.config.resolution ** 2
     try:  # a flag's value: a usage error
         need(args.json.endswith('.json'), f"--json {args.json}: name a .json file (the predictions go beside, .gif)")
@@ -1312,8 +1340,9 @@ def check_sample_args(p, args):
     from videogpt import GPTConfig, VQVAEConfig, task_mask  # videogpt imports data: not at the top
     check_paths(args, files=('actions',), folders=('data_dir', 'mnist_dir'))
     args.vqvae = find_vqvae(args.gpt, args.vqvae)
-    ckpt, vc = load_checkpoint(args.gpt, 'gpt'), VQVAEConfig(**load_checkpoint(args.vqvae, 'vqvae')['config'])
-    gc = GPTConfig(**ckpt['config'])
+    ckpt, vq_ckpt = load_checkpoint(args.gpt, 'gpt'), load_checkpoint(args.vqvae, 'vqvae')
+    vc, gc = VQVAEConfig(**vq_ckpt['config']), GPTConfig(**ckpt['config'])
+    check_codebook(gc, vq_ckpt['model']['codebook.embeddings'])  # a file mismatch (exit 1), before any sampling
     try:  # a flag's value: a usage error
         need(args.out.lower().endswith(('.gif', '.mp4', '.png')), f"--out {args.out}: write a .gif, .mp4 or .png")
         need(bool(args.task) == bool(args.from_), "--task and --from go together: --task fp --from clip.mp4 (or val)")

@@ -598,6 +598,40 @@ def test_train_vqvae_starts_from_the_weights_it_is_given(tmp_path):
             lambda: vg.train_vqvae(other, _tcfg(tmp_path / 'c', steps=1), _Clips(), init=start))
 
 
+def test_a_prior_is_refused_beside_a_vqvae_whose_codes_it_did_not_learn(tmp_path, capsys):
+    """train_gpt stamps the prior with its VQ-VAE's codebook_digest; completing, predicting, scoring, sampling and
+    resuming with another VQ-VAE of the same sizes raise instead of decoding noise; fp16 exports keep the pair."""
+    vqs = [vg.train(tiny_vqvae(), 'vqvae', vg.vqvae_step, _Clips(), _tcfg(tmp_path / f'vq{i}', steps=2, seed=i),
+                    _tiny_vcfg()).eval() for i in (0, 1)]
+    gcfg = vg.fit_prior(vg.GPTConfig(n_layer=1, n_head=2, n_embd=16, dropout=0.0), vqs[0].config)
+    gpt = vg.train_gpt(gcfg, _tcfg(tmp_path / 'g', steps=2, vqvae=str(tmp_path / 'vq0' / 'ckpt.pt')), _Clips()).eval()
+    assert gpt.config.codebook == data.codebook_digest(vqs[0].codebook.embeddings) != data.codebook_digest(
+        vqs[1].codebook.embeddings)
+    clip = torch.stack([_Clips()[i]['video'][:, :4] for i in range(2)])
+    uses = (lambda vq: vg.complete_video(vq, gpt, clip, 'fp'), lambda vq: vg.predict_frames(vq, gpt, clip[:, :, :2], 2),
+            lambda vq: vg.evaluate(vq, gpt, clip))
+    for use in uses:
+        use(vqs[0])
+        _raises(ValueError, 'learned the codes of another VQ-VAE', lambda: use(vqs[1]))
+    vg.export_weights(tmp_path / 'vq0' / 'ckpt.pt', tmp_path / 'w' / 'vqvae.pt')
+    vg.export_weights(tmp_path / 'g' / 'ckpt.pt', tmp_path / 'w' / 'gpt.pt', vqvae_rel='vqvae.pt')
+    gpt16 = vg.load_model(tmp_path / 'w' / 'gpt.pt')
+    assert data.check_pair(vg.load_model(tmp_path / 'w' / 'vqvae.pt'), gpt16) == vqs[0].config  # fp16 on both sides
+    _raises(ValueError, 'another VQ-VAE', lambda: data.check_pair(vqs[1], gpt16))
+    data.check_pair(vqs[1], vg.VideoGPT(gcfg))  # a prior without a digest (saved before it existed) pairs with any
+    code, message, _ = _main_exit(['sample', '--gpt', tmp_path / 'g' / 'ckpt.pt', '--vqvae', tmp_path / 'vq1' /
+                                   'ckpt.pt', '--out', tmp_path / 's.gif'], capsys)
+    assert code == 1 and 'another VQ-VAE' in message and not (tmp_path / 's.gif').exists()
+    longer = dict(steps=3, resume=True)
+    _raises(ValueError, 'was trained with codebook=', lambda: vg.train_gpt(gcfg, _tcfg(
+        tmp_path / 'g', vqvae=str(tmp_path / 'vq1' / 'ckpt.pt'), **longer), _Clips()))
+    ckpt = torch.load(tmp_path / 'g' / 'ckpt.pt', weights_only=False)  # a run saved before the digest existed
+    del ckpt['config']['codebook']
+    torch.save(ckpt, tmp_path / 'g' / 'ckpt.pt')
+    resumed = vg.train_gpt(gcfg, _tcfg(tmp_path / 'g', vqvae=str(tmp_path / 'vq0' / 'ckpt.pt'), **longer), _Clips())
+    assert resumed.config.codebook == gpt.config.codebook
+
+
 def test_a_class_conditional_prior_starts_from_an_unconditional_one_as_it_was(tmp_path):
     """init_prior (TrainConfig.init_from): the unconditional prior's norms become conditional ones that ignore the
     condition at first, so the logits are the same for any cond; then train_gpt trains it on the labels."""

@@ -360,6 +360,7 @@ class GPTConfig:
     cond_dropout: float = 0.0           # train on the null (all-zero) vector this often: enables sample(guidance=)
     fast_attention: bool = True         # False: the explicit-softmax reference path (for tests and teaching)
     tasks: tuple = ('uncond',)          # masked priors: the MAGVIT tasks trained on, each video draws one (TASKS)
+    codebook: str = ''                  # the digest of the VQ-VAE's codebook it learned (train_gpt): pairs checked
 
     def __post_init__(self):
         self.latent_shape, self.tasks = tuple(self.latent_shape), tuple(self.tasks)
@@ -747,7 +748,7 @@ def sample_videos(gpt_path, n=8, out='samples.gif', frames=None, cond=None, seed
 @torch.no_grad()
 def complete_video(vqvae, gpt, video, task, n_given=1, frames=None, cond=None, generator=None, **sampling):
     """Video (B, C, T, H, W) -> (completed video (B, C, T, H, W), given pixels (T, H, W) bool): `task` gives tokens."""
-    given_mask = task_mask(task, vqvae.config.latent_shape, n_given).to(video.device)
+    given_mask = task_mask(task, data.check_pair(vqvae, gpt).latent_shape, n_given).to(video.device)
     codes = gpt.sample(len(video), frames, cond, generator=generator, given=vqvae.encode(video),
                        given_mask=given_mask, **sampling)
     a, b, c = vqvae.config.downsample  # each latent cell covers a x b x c pixels
@@ -757,7 +758,7 @@ def complete_video(vqvae, gpt, video, task, n_given=1, frames=None, cond=None, g
 @torch.no_grad()
 def predict_frames(vqvae, gpt, context, n_future, cond=None, generator=None, **sampling):
     """Real frames context (B, C, T0, H, W) -> n_future predicted frames (B, C, n_future, H, W), sliding if needed."""
-    vc, gc, T0 = vqvae.config, gpt.config, context.shape[2]
+    vc, gc, T0 = data.check_pair(vqvae, gpt), gpt.config, context.shape[2]  # the prior must be this VQ-VAE's
     check_prediction(vc, gc, T0, n_future)
     t, d, T = vc.latent_shape[0], vc.downsample[0], vc.sequence_length
     s = max(0, T0 - (t - 1) * d)  # the window's first frame: a latent frame is left to sample
@@ -780,7 +781,7 @@ def predict_frames(vqvae, gpt, context, n_future, cond=None, generator=None, **s
 def evaluate(vqvae, gpt, video, cond=None, batch_size=16):
     """Held-out scores of videos (N, C, T, H, W) in [-0.5, 0.5], cond (N, ...) if the prior takes one: reconstruction
     (PSNR capped at 100 dB as psnr(); NMSE nan for constant videos), codebook_stats, bits per token."""
-    check_scored_videos(video, cond, batch_size)
+    check_scored_videos(video, cond, batch_size, vqvae, gpt)
     modes = {m: m.training for m in (vqvae, gpt) if m is not None}  # eval mode (the codebook stays still), restored
     for m in modes:
         m.eval()
@@ -973,7 +974,7 @@ def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg, aux=None):
     if not (tcfg.resume and os.path.exists(ckpt_path)):
         return 0, []
     ckpt = load_checkpoint(ckpt_path, kind)
-    saved = asdict(type(model_cfg)(**ckpt['config']))  # through the dataclass: lists become tuples again
+    saved = asdict(type(model_cfg)(**{**asdict(model_cfg), **ckpt['config']}))  # tuples again; newer fields: ours
     changed = ', '.join(f"{k}={saved[k]}" for k, v in asdict(model_cfg).items() if saved.get(k, v) != v)
     # Said here: a size mismatch deep in load_state_dict would not say which setting differs.
     need(not changed, f"{ckpt_path} was trained with {changed}: resume with those settings, or --overwrite true")
@@ -1141,7 +1142,7 @@ def train_gpt(gcfg, tcfg, dataset=None):
     """Stage 2: train the prior on the codes of a frozen VQ-VAE (tcfg.vqvae); writes ckpt.pt and samples.gif."""
     device = setup_device()[0]
     vqvae = load_model(tcfg.vqvae, 'vqvae').requires_grad_(False).to(device)  # frozen: eval (EMA off), no gradients
-    data.check_prior_fits(gcfg, fit_prior(gcfg, vqvae.config))  # its codes, and frames if any, must be the VQ-VAE's
+    gcfg = data.check_prior_fits(gcfg, fit_prior(gcfg, vqvae.config), vqvae)  # stamped with the VQ-VAE's codebook
     dataset = dataset or data.make_dataset(tcfg, vqvae.config.sequence_length, vqvae.config.resolution)
     if tcfg.codes_file:
         encoded = data.encode_dataset(vqvae, dataset, tcfg.codes_file, n_frames=gcfg.n_cond_frames)
@@ -1226,8 +1227,7 @@ def demo(p, args):
     common = dict(dataset='mnist', mnist_dir=args.mnist_dir, n_digits=1, dataset_size=10_000, num_workers=0,
                   log_every=50, warmup=100, overwrite=True, batch_size=8)  # one digit: two drew scribbles (RESULTS.md)
     train_vqvae(vcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'vqvae'), steps=args.vqvae_steps,
-                                  lr=args.vqvae_lr, sample_every=args.vqvae_steps, ckpt_every=args.vqvae_steps,
-                                  **common))  # 600 steps at 2e-3: digits read truer than 400 at 1e-3 (RESULTS.md)
+                                  lr=args.vqvae_lr, **common))  # 600 at 2e-3: truer digits than 400 at 1e-3
     vq_path, gpt_path = (os.path.join(args.out_dir, stage, 'ckpt.pt') for stage in ('vqvae', 'gpt'))
     # lr 6e-3, not 2e-3: the zero-initialised class pathway learns faster; samples read as their digit more often.
     train_gpt(gcfg, TrainConfig(out_dir=os.path.join(args.out_dir, 'gpt'), steps=args.gpt_steps, lr=6e-3,
@@ -1288,9 +1288,8 @@ def build_parser():
                                ('train-gpt', GPTConfig, 'the prior (stage 2)')):
         t = sub.add_parser(cmd, help=f"train {what}")
         t.add_argument('--preset', default='mnist', choices=list(PRESETS))
-        # The prior's codes and frames are the VQ-VAE's (fit_prior); its file and codes file are train-gpt's only.
-        gpt = cfg_cls is GPTConfig
-        _add_dataclass_args(t, cfg_cls, skip=('n_codes', 'latent_shape', 'frame_channels', 'frame_size') * gpt)
+        gpt, fitted = cfg_cls is GPTConfig, ('n_codes', 'latent_shape', 'frame_channels', 'frame_size', 'codebook')
+        _add_dataclass_args(t, cfg_cls, skip=fitted * gpt)  # the VQ-VAE's (fit_prior, train_gpt), not flags
         _add_dataclass_args(t, TrainConfig, skip=('perceptual_net',) if gpt else ('vqvae', 'codes_file', 'init_from'))
     s = sub.add_parser('sample', help="sample videos from a prior checkpoint, or complete a real one (--task)")
     s.add_argument('--gpt', required=True, help="the prior's ckpt.pt")
