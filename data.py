@@ -35,7 +35,7 @@ import tempfile
 import time
 import urllib.request
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -1089,14 +1089,12 @@ def check_vqvae_config(cfg):
          f"latent axis needs 2 or more, got {cfg.latent_shape}; use padding='zeros' or downsample less")
 
 
-def check_prior_fits(gcfg, fitted, vqvae):
-    """gcfg stamped with the codebook_digest of vqvae, whose codes it will learn; raise unless the prior's codes, and
-    its frames if any, are the VQ-VAE's: fitted = fit_prior(gcfg, vqvae.config)."""
+def check_prior_fits(gcfg, fitted):
+    """Raise unless the prior's codes, and its frames if any, are the VQ-VAE's: fitted = fit_prior(gcfg, vcfg)."""
     keys = ('n_codes', 'latent_shape') + ('frame_channels', 'frame_size') * bool(gcfg.n_cond_frames)
     expects, makes = (', '.join(f'{k}={getattr(c, k)}' for k in keys) for c in (gcfg, fitted))
     if expects != makes:
         raise ValueError(f"the prior expects {expects} but the VQ-VAE makes {makes}: use fit_prior(gcfg, vcfg)")
-    return replace(gcfg, codebook=codebook_digest(vqvae.codebook.embeddings))
 
 
 def codebook_digest(embeddings):

@@ -975,7 +975,7 @@ def resume_run(ckpt_path, kind, model, model_cfg, opt, scaler, tcfg, aux=None):
         return 0, []
     ckpt = load_checkpoint(ckpt_path, kind)
     saved = asdict(type(model_cfg)(**{**asdict(model_cfg), **ckpt['config']}))  # tuples again; newer fields: ours
-    changed = ', '.join(f"{k}={saved[k]}" for k, v in asdict(model_cfg).items() if saved.get(k, v) != v)
+    changed = ', '.join(f"{k}={saved[k]}" for k, v in asdict(model_cfg).items() if saved[k] != v)
     # Said here: a size mismatch deep in load_state_dict would not say which setting differs.
     need(not changed, f"{ckpt_path} was trained with {changed}: resume with those settings, or --overwrite true")
     for obj, key in ((model, 'model'), (opt, 'optimizer'), (scaler, 'scaler')):
@@ -1142,7 +1142,8 @@ def train_gpt(gcfg, tcfg, dataset=None):
     """Stage 2: train the prior on the codes of a frozen VQ-VAE (tcfg.vqvae); writes ckpt.pt and samples.gif."""
     device = setup_device()[0]
     vqvae = load_model(tcfg.vqvae, 'vqvae').requires_grad_(False).to(device)  # frozen: eval (EMA off), no gradients
-    gcfg = data.check_prior_fits(gcfg, fit_prior(gcfg, vqvae.config), vqvae)  # stamped with the VQ-VAE's codebook
+    data.check_prior_fits(gcfg, fit_prior(gcfg, vqvae.config))  # its codes, and frames if any, must be the VQ-VAE's
+    gcfg = replace(gcfg, codebook=data.codebook_digest(vqvae.codebook.embeddings))  # the codes it learns: checked
     dataset = dataset or data.make_dataset(tcfg, vqvae.config.sequence_length, vqvae.config.resolution)
     if tcfg.codes_file:
         encoded = data.encode_dataset(vqvae, dataset, tcfg.codes_file, n_frames=gcfg.n_cond_frames)
