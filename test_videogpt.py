@@ -732,7 +732,7 @@ def test_greedy_masked_decoding_commits_the_most_probable_codes_first(monkeypatc
     monkeypatch.setattr(g.head, 'forward', lambda h: logits.append(head(h)) or logits[-1])
     out = g.sample_masked(2, steps=2, temperature=0.0, choice_temperature=0.0)
     first = logits[0].float()  # (2, 32, 16): the first pass, everything masked
-    n_commit = 32 - math.floor(32 * math.cos(math.pi / 4))
+    n_commit = 32 - math.floor(32 * math.cos(math.pi / 4))  # pass 1 of 2 leaves floor(N cos(pi/2 * 1/2)) masked
     committed = inputs[1] != g.config.n_codes  # what the second pass was given
     top = first.softmax(-1).amax(-1).topk(n_commit, dim=1).indices
     want = torch.zeros_like(committed).scatter_(1, top, True)
@@ -1280,8 +1280,8 @@ def test_mixed_precision_training_path_runs_on_the_cpu(dtype, tmp_path, monkeypa
     def run(dt, sub):
         monkeypatch.setattr(vg, 'setup_device', lambda: (torch.device('cpu'), 0, 1, dt, dt == torch.float16))
         torch.manual_seed(0)
-        vq = vg.train(tiny_vqvae(downsample=(1, 2, 2)), 'vqvae', vg.vqvae_step, _Clips(),
-                      _tcfg(tmp_path / sub / 'vq', steps=3), tiny_vqvae(downsample=(1, 2, 2)).config)
+        vq = tiny_vqvae(downsample=(1, 2, 2))
+        vq = vg.train(vq, 'vqvae', vg.vqvae_step, _Clips(), _tcfg(tmp_path / sub / 'vq', steps=3), vq.config)
         codes = vq.eval().encode(torch.stack([_Clips()[i]['video'] for i in range(8)]))
         torch.manual_seed(0)
         make = lambda: tiny_gpt(n_codes=32, latent_shape=(4, 4, 4))  # noqa: E731

@@ -685,7 +685,7 @@ def sample_masked(gpt, n, frames=None, cond=None, steps=None, temperature=1.0, c
         masked = tokens == MASK
         logits = gpt.head(gpt._trunk(gpt.tok_emb(tokens) + pos_emb, cond, frame_kv)).float()  # (n, L, K)
         draw = sample_logits(logits.view(n * L, -1), temperature, generator=generator).view(n, L)
-        logp = F.log_softmax(logits, -1).gather(-1, draw[..., None])[..., 0]  # untempered: at temperature 0 too
+        logp = F.log_softmax(logits, -1).gather(-1, draw[..., None])[..., 0]  # untempered: at 0, every argmax's is 0
         # MaskGIT's confidence, log p + Gumbel noise annealed to 0: early steps commit to more varied positions.
         u = torch.rand(n, L, generator=generator, device=dev).clamp_(1e-20, 1 - 1e-7)  # log(0) is -inf
         noise = -torch.log(-torch.log(u)) * choice_temperature * (1 - (s + 1) / steps)
